@@ -8,8 +8,17 @@ import typer
 
 
 def report_command(
-    analysis: Path = typer.Option(..., "--analysis", help="Analysis output directory."),
+    analysis: list[Path] = typer.Option(
+        ..., "--analysis", help="Analysis output directory (repeatable; prediction dirs too)."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="HTML file to write."),
+    title: str = typer.Option("Consortium analysis report", "--title"),
 ) -> None:
-    typer.echo("confed report is not implemented yet", err=True)
-    raise typer.Exit(2)
+    from consortium.report import ReportError, render_report
+
+    try:
+        path = render_report(analysis, output, title=title)
+    except ReportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"report written to {path}")

@@ -1,0 +1,99 @@
+"""Application factory and the JSON error shape."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from consortium.coordinator import Coordinator
+from consortium.errors import ConfedError
+from consortium.settings import Settings
+
+API_PREFIX = "/api/v1"
+VERSION = "0.1.0"
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "invalid",
+}
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ConfedError)
+    async def _confed(_req: Request, exc: ConfedError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(error_body(exc.code, exc.message), exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        return JSONResponse(error_body("invalid_request", problems), 422)
+
+
+def create_app(settings: Settings, coordinator: Coordinator | None = None) -> FastAPI:
+    """Build the coordinator API.
+
+    Parameters
+    ----------
+    settings : Settings
+        Root, database URL and limits.
+    coordinator : Coordinator or None
+        An already opened coordinator (tests, the server); opened from settings
+        (running migrations) when None.
+
+    Returns
+    -------
+    fastapi.FastAPI
+        With every router of :data:`consortium.api.routers.ROUTERS` under ``/api/v1``.
+    """
+    app = _bare_app()
+    app.state.settings = settings
+    app.state.coordinator = coordinator or Coordinator(settings)
+    return app
+
+
+def openapi_spec() -> dict:
+    """The OpenAPI document, without opening any coordinator."""
+    return _bare_app().openapi()
+
+
+def _bare_app() -> FastAPI:
+    from consortium.api.routers import ROUTERS
+
+    app = FastAPI(
+        title="confed coordinator",
+        version=VERSION,
+        description=(
+            "Authenticated ingest of signed site bundles, versioned storage, immutable data "
+            "releases and a hash-chained audit trail. Authenticate with "
+            "`Authorization: Bearer <token>`. Errors are "
+            '`{"error": {"code": "...", "message": "..."}}`.'
+        ),
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    _install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
+    return app

@@ -1,0 +1,18 @@
+"""Router registry: every router here is mounted under ``/api/v1`` by ``create_app``.
+
+Extension point: a new resource writes ``consortium/api/routers/<resource>.py`` with
+``router = APIRouter(prefix="/<resource>", tags=["<resource>"])`` and appends it below.
+"""
+
+from fastapi import APIRouter
+
+from consortium.api.routers import audit, health, releases, sites, submissions, tokens
+
+ROUTERS: list[APIRouter] = [
+    health.router,
+    tokens.router,
+    sites.router,
+    submissions.router,
+    releases.router,
+    audit.router,
+]

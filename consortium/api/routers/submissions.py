@@ -1,0 +1,174 @@
+"""Submissions: upload a signed bundle (sites), list and read them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from consortium import audit
+from consortium.api.deps import check_site_access, get_coordinator, get_identity, require_roles
+from consortium.api.schemas import ERROR_RESPONSES, SubmissionDetail, SubmissionOut, UploadResult
+from consortium.auth import Identity
+from consortium.coordinator import Coordinator
+from consortium.db.models import Submission, SubmissionFile
+from consortium.errors import ConfedError
+from consortium.ingest import ingest_archive, receive_upload
+
+router = APIRouter(prefix="/submissions", tags=["submissions"], responses=ERROR_RESPONSES)
+
+UPLOAD_RESPONSES = {
+    200: {"model": UploadResult, "description": "the same bundle was accepted before"},
+    400: ERROR_RESPONSES[422] | {"description": "corrupted, truncated or unsafe archive"},
+    403: ERROR_RESPONSES[403]
+    | {"description": "bundle of another site, or signature not by the site's registered key"},
+    413: ERROR_RESPONSES[422] | {"description": "upload larger than the configured limit"},
+}
+
+
+@router.post(
+    "",
+    response_model=UploadResult,
+    status_code=201,
+    summary="Upload a bundle archive (site)",
+    description=(
+        "The request body is the bundle as an uncompressed tar (`Content-Type: "
+        "application/x-tar`), streamed to disk with a size limit. Idempotent: uploading "
+        "the same bundle again returns the existing submission with status 200."
+    ),
+    responses=UPLOAD_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def upload(
+    request: Request,
+    response: Response,
+    identity: Identity = Depends(require_roles("site")),
+    coord: Coordinator = Depends(get_coordinator),
+) -> UploadResult:
+    limit = coord.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    tmp = coord.store.temp_path("upload")
+    try:
+        try:
+            await receive_upload(request.stream(), tmp, limit, int(declared) if declared else None)
+        except ConfedError as err:
+            if err.status == 413:
+                from consortium.ingest import record_upload
+
+                await run_in_threadpool(
+                    record_upload,
+                    coord,
+                    identity.site_id,
+                    identity.actor,
+                    int(declared or 0),
+                    "rejected",
+                    err,
+                )
+            raise
+        result = await run_in_threadpool(
+            ingest_archive, coord, tmp, identity.site_id, identity.actor, "upload"
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+    response.status_code = 201 if result.created else 200
+    return UploadResult(
+        created=result.created, submission=SubmissionOut.model_validate(result.submission)
+    )
+
+
+def _visible(identity: Identity, site_id: str | None):
+    query = select(Submission).order_by(Submission.id)
+    if identity.role == "site":
+        if site_id not in (None, identity.site_id):
+            check_site_access(identity, site_id)
+        site_id = identity.site_id
+    elif identity.role not in ("admin", "steering"):
+        raise ConfedError("forbidden", f"role {identity.role!r} may not list submissions", 403)
+    if site_id is not None:
+        query = query.where(Submission.site_id == site_id)
+    return query
+
+
+@router.get("", response_model=list[SubmissionOut], summary="List submissions")
+def list_submissions(
+    site_id: str | None = Query(None, description="only this site's"),
+    current: bool = Query(False, description="only submissions not superseded"),
+    identity: Identity = Depends(get_identity),
+    coord: Coordinator = Depends(get_coordinator),
+) -> list[SubmissionOut]:
+    query = _visible(identity, site_id)
+    if current:
+        query = query.where(Submission.superseded_by_id.is_(None))
+    with coord.db.session() as session:
+        out = [SubmissionOut.model_validate(s) for s in session.execute(query).scalars()]
+        audit.append(session, identity.actor, "submission.list", "submissions", {"site": site_id})
+        return out
+
+
+def _load(session, identity: Identity, submission_id: int) -> Submission:
+    sub = session.execute(
+        select(Submission)
+        .options(selectinload(Submission.files))
+        .where(Submission.id == submission_id)
+    ).scalar_one_or_none()
+    if sub is None:
+        raise ConfedError("not_found", f"submission {submission_id} not found", 404)
+    check_site_access(identity, sub.site_id)
+    return sub
+
+
+@router.get("/{submission_id}", response_model=SubmissionDetail, summary="One submission")
+def get_submission(
+    submission_id: int,
+    identity: Identity = Depends(get_identity),
+    coord: Coordinator = Depends(get_coordinator),
+) -> SubmissionDetail:
+    with coord.db.session() as session:
+        out = SubmissionDetail.model_validate(_load(session, identity, submission_id))
+        audit.append(session, identity.actor, "submission.read", f"submission:{submission_id}", {})
+        return out
+
+
+@router.get(
+    "/{submission_id}/files/{path:path}",
+    summary="Download one file of a submission (streamed from the object store)",
+    response_class=FileResponse,
+)
+def get_file(
+    submission_id: int,
+    path: str,
+    identity: Identity = Depends(get_identity),
+    coord: Coordinator = Depends(get_coordinator),
+) -> FileResponse:
+    with coord.db.session() as session:
+        sub = _load(session, identity, submission_id)
+        row = session.execute(
+            select(SubmissionFile).where(
+                SubmissionFile.submission_id == sub.id, SubmissionFile.path == path
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            raise ConfedError(
+                "not_found", f"file {path} of submission {submission_id} not found", 404
+            )
+        audit.append(
+            session,
+            identity.actor,
+            "submission.file.read",
+            f"submission:{submission_id}/{path}",
+            {"sha256": row.sha256},
+        )
+        sha = row.sha256
+    return FileResponse(
+        coord.store.path(sha),
+        media_type="application/octet-stream",
+        headers={"X-Content-SHA256": sha},
+        filename=path.rsplit("/", 1)[-1],
+    )

@@ -1,0 +1,303 @@
+"""A data release as one analysable table: subjects, connectivity, maps, QC.
+
+A :class:`Dataset` joins the verified bundles of a release (one per site) into
+subject-aligned views. Every view keeps the same subject order: sites sorted by
+site id, then each bundle's own row order. Voxel maps are exposed as a dask
+array whose blocks are read from the bundles' files only when computed, so a
+voxel-wise analysis can stream a release that does not fit in memory.
+
+See ``docs/developer/contracts.md`` for the names other packages rely on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+from sites.bundle import BundleError
+
+__all__ = ["Dataset", "DatasetError"]
+
+
+class DatasetError(ValueError):
+    """The bundles of a release cannot be combined; the message names the site."""
+
+
+class Dataset:
+    """Subjects and derived data of several site bundles, aligned by subject.
+
+    Parameters
+    ----------
+    bundles : sequence of sites.bundle.Bundle
+        Verified bundles, at most one per site.
+    release_name, release_hash : str or None
+        Provenance of the release the bundles come from.
+
+    Attributes
+    ----------
+    subjects : pandas.DataFrame
+        Canonical phenotype columns plus ``site``, one row per included subject.
+    qc : pandas.DataFrame
+        All sites' QC tables (``subject_key``, ``included``, ``reason``) plus ``site``.
+    dx_labels : dict
+        ``{"case": ..., "control": ...}`` shared by all bundles.
+    sites : list of str
+        Site ids, sorted; the order of the rows.
+    """
+
+    def __init__(
+        self,
+        bundles: Sequence[Any],
+        release_name: str | None = None,
+        release_hash: str | None = None,
+    ) -> None:
+        if len(bundles) == 0:
+            raise DatasetError("a dataset needs at least one bundle")
+        self._bundles = sorted(bundles, key=lambda b: b.site_id)
+        self.release_name = release_name
+        self.release_hash = release_hash
+        self.sites = [b.site_id for b in self._bundles]
+        _check_unique_sites(self.sites)
+        self.dx_labels = _common_dx_labels(self._bundles)
+        self.subjects = _concat_subjects(self._bundles)
+        self.qc = _concat_qc(self._bundles)
+        self._counts = [len(b.subjects) for b in self._bundles]
+
+    @classmethod
+    def from_bundles(
+        cls,
+        bundles: Sequence[Any],
+        release_name: str | None = None,
+        release_hash: str | None = None,
+    ) -> Dataset:
+        """Build a dataset from verified bundles (``sites.bundle.read_bundle``)."""
+        return cls(bundles, release_name=release_name, release_hash=release_hash)
+
+    @property
+    def bundle_hashes(self) -> dict[str, str]:
+        """Site id -> bundle hash, for provenance."""
+        return {b.site_id: b.bundle_hash for b in self._bundles}
+
+    @property
+    def n_subjects(self) -> int:
+        return int(sum(self._counts))
+
+    @property
+    def atlases(self) -> list[str]:
+        """Atlas names present in every bundle's manifest."""
+        common: set[str] | None = None
+        for bundle in self._bundles:
+            names = set(_manifest_atlases(bundle))
+            common = names if common is None else common & names
+        return sorted(common or ())
+
+    @property
+    def map_names(self) -> list[str]:
+        """Map metrics present in every bundle."""
+        common: set[str] | None = None
+        for bundle in self._bundles:
+            names = set(bundle.map_names)
+            common = names if common is None else common & names
+        return sorted(common or ())
+
+    def connectivity(self, atlas: str) -> np.ndarray:
+        """Subjects x edges float32 Fisher-z connectivity for ``atlas``."""
+        blocks = []
+        n_edges = None
+        first = None
+        for bundle in self._bundles:
+            try:
+                block = np.asarray(bundle.connectivity(atlas), dtype=np.float32)
+            except (BundleError, KeyError, FileNotFoundError) as exc:
+                raise DatasetError(
+                    f"site {bundle.site_id!r}: no connectivity for atlas {atlas!r} ({exc})"
+                ) from exc
+            _check_rows(bundle, block.shape[0], f"connectivity_{atlas}")
+            if n_edges is None:
+                n_edges, first = block.shape[1], bundle.site_id
+            elif block.shape[1] != n_edges:
+                raise DatasetError(
+                    f"site {bundle.site_id!r}: atlas {atlas!r} has {block.shape[1]} edges, "
+                    f"site {first!r} has {n_edges}"
+                )
+            blocks.append(block)
+        return np.concatenate(blocks, axis=0)
+
+    def network_summaries(self, atlas: str) -> pd.DataFrame:
+        """Subjects x network-pair means, index aligned with :attr:`subjects`."""
+        frames = []
+        columns = None
+        first = None
+        for bundle in self._bundles:
+            try:
+                frame = bundle.network_summaries(atlas)
+            except (BundleError, KeyError, FileNotFoundError) as exc:
+                raise DatasetError(
+                    f"site {bundle.site_id!r}: no network summaries for atlas {atlas!r} ({exc})"
+                ) from exc
+            _check_rows(bundle, len(frame), f"network summaries of {atlas}")
+            if columns is None:
+                columns, first = list(frame.columns), bundle.site_id
+            elif sorted(frame.columns) != sorted(columns):
+                missing = sorted(set(columns) ^ set(frame.columns))
+                raise DatasetError(
+                    f"site {bundle.site_id!r}: network summary columns for {atlas!r} differ "
+                    f"from site {first!r}: {missing[:5]}"
+                )
+            frames.append(frame[columns].reset_index(drop=True))
+        out = pd.concat(frames, ignore_index=True)
+        out.index = self.subjects.index
+        return out
+
+    def maps(self, metric: str, chunk_voxels: int | None = None):
+        """Mask image and a lazy subjects x voxels dask array of ``metric``.
+
+        Parameters
+        ----------
+        metric : str
+            Map name, e.g. ``"alff"``.
+        chunk_voxels : int or None
+            Re-chunk the voxel axis to this size (rows stay one block per site).
+
+        Returns
+        -------
+        mask : nibabel.Nifti1Image
+            The common mask; all bundles must share it exactly.
+        data : dask.array.Array
+            float32, row order of :attr:`subjects`; each site's block is read from
+            its bundle only when computed.
+        """
+        mask_img, n_voxels = self._common_mask(metric)
+        blocks = []
+        for bundle, n_rows in zip(self._bundles, self._counts, strict=True):
+            delayed = dask.delayed(_read_map_block)(bundle, metric, n_rows, n_voxels)
+            blocks.append(da.from_delayed(delayed, shape=(n_rows, n_voxels), dtype=np.float32))
+        data = da.concatenate(blocks, axis=0)
+        if chunk_voxels is not None:
+            data = data.rechunk({1: int(chunk_voxels)})
+        return mask_img, data
+
+    def _common_mask(self, metric: str):
+        import nibabel as nib
+
+        reference = None
+        for bundle in self._bundles:
+            if metric not in bundle.map_names:
+                raise DatasetError(
+                    f"site {bundle.site_id!r}: no map {metric!r} (has {bundle.map_names})"
+                )
+            img = _mask_image(bundle, metric)
+            mask = np.asarray(img.dataobj) != 0
+            if reference is None:
+                reference = (bundle.site_id, img, mask)
+                continue
+            site0, img0, mask0 = reference
+            if mask.shape != mask0.shape or not np.allclose(img.affine, img0.affine):
+                raise DatasetError(
+                    f"site {bundle.site_id!r}: mask of map {metric!r} has shape {mask.shape} "
+                    f"and a different grid from site {site0!r} {mask0.shape}"
+                )
+            if not np.array_equal(mask, mask0):
+                n_diff = int((mask != mask0).sum())
+                raise DatasetError(
+                    f"site {bundle.site_id!r}: mask of map {metric!r} differs from site "
+                    f"{site0!r} in {n_diff} voxels"
+                )
+        _, img0, mask0 = reference
+        out = nib.Nifti1Image(mask0.astype(np.uint8), img0.affine)
+        return out, int(mask0.sum())
+
+
+def _manifest_atlases(bundle: Any) -> list[str]:
+    if hasattr(bundle, "atlases"):
+        return list(bundle.atlases)
+    atlases = bundle.manifest.get("atlases", [])
+    if isinstance(atlases, dict):
+        return list(atlases)
+    return [a["name"] if isinstance(a, dict) else str(a) for a in atlases]
+
+
+def _check_unique_sites(sites: list[str]) -> None:
+    seen = set()
+    for site in sites:
+        if site in seen:
+            raise DatasetError(f"site {site!r} appears in more than one bundle")
+        seen.add(site)
+
+
+def _common_dx_labels(bundles: Sequence[Any]) -> dict[str, str]:
+    reference = None
+    for bundle in bundles:
+        labels = bundle.manifest.get("dx_labels")
+        if not isinstance(labels, dict) or not {"case", "control"} <= set(labels):
+            raise DatasetError(
+                f"site {bundle.site_id!r}: manifest has no dx_labels with case and control"
+            )
+        labels = {"case": str(labels["case"]), "control": str(labels["control"])}
+        if reference is None:
+            reference = (bundle.site_id, labels)
+        elif labels != reference[1]:
+            raise DatasetError(
+                f"site {bundle.site_id!r}: dx_labels {labels} differ from site "
+                f"{reference[0]!r} {reference[1]}"
+            )
+    return reference[1]
+
+
+def _concat_subjects(bundles: Sequence[Any]) -> pd.DataFrame:
+    frames = []
+    for bundle in bundles:
+        frame = bundle.subjects.reset_index(drop=True).copy()
+        if "subject_key" not in frame.columns:
+            raise DatasetError(f"site {bundle.site_id!r}: subjects table has no subject_key")
+        frame.insert(0, "site", bundle.site_id)
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    dup = out["subject_key"].duplicated(keep=False)
+    if dup.any():
+        rows = out.loc[dup, ["site", "subject_key"]].head(4)
+        listed = ", ".join(f"{s}:{k[:12]}" for s, k in rows.itertuples(index=False))
+        raise DatasetError(f"subject keys appear more than once: {listed}")
+    return out
+
+
+def _concat_qc(bundles: Sequence[Any]) -> pd.DataFrame:
+    frames = []
+    for bundle in bundles:
+        frame = bundle.qc.reset_index(drop=True).copy()
+        frame.insert(0, "site", bundle.site_id)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _check_rows(bundle: Any, n_rows: int, what: str) -> None:
+    expected = len(bundle.subjects)
+    if n_rows != expected:
+        raise DatasetError(
+            f"site {bundle.site_id!r}: {what} has {n_rows} rows but the subjects table "
+            f"has {expected}"
+        )
+
+
+def _mask_image(bundle: Any, metric: str):
+    """The mask image of ``metric`` without reading the subject data if possible."""
+    reader = getattr(bundle, "map_mask", None)
+    if callable(reader):
+        return reader(metric)
+    return bundle.maps(metric)[0]
+
+
+def _read_map_block(bundle: Any, metric: str, n_rows: int, n_voxels: int) -> np.ndarray:
+    _, values = bundle.maps(metric)
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape != (n_rows, n_voxels):
+        raise DatasetError(
+            f"site {bundle.site_id!r}: map {metric!r} has shape {values.shape}, "
+            f"expected {(n_rows, n_voxels)}"
+        )
+    return values

@@ -1,0 +1,63 @@
+"""Member sites: registration with an Ed25519 public key, listing."""
+
+from __future__ import annotations
+
+import re
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consortium import audit
+from consortium.auth import issue_token
+from consortium.db.models import Site, Token
+from consortium.errors import ConfedError
+
+SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_public_key(pem: str, site_id: str) -> None:
+    """Refuse anything but a PEM-encoded Ed25519 public key."""
+    try:
+        key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ConfedError(
+            "bad_public_key", f"site {site_id}: public key is not valid PEM ({exc})"
+        ) from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfedError(
+            "bad_public_key", f"site {site_id}: public key is {type(key).__name__}, not Ed25519"
+        )
+
+
+def add_site(
+    session: Session, site_id: str, name: str, public_key_pem: str, actor: str, days: int = 365
+) -> tuple[Site, Token, str]:
+    """Register a site and issue its first token (returned in plaintext once)."""
+    if not SITE_ID.match(site_id):
+        raise ConfedError(
+            "bad_site_id",
+            f"site id {site_id!r} must be 1-64 letters, digits, '_', '.', '-' "
+            "starting with a letter or digit",
+        )
+    if session.get(Site, site_id) is not None:
+        raise ConfedError("conflict", f"site {site_id} already exists", 409)
+    check_public_key(public_key_pem, site_id)
+    site = Site(id=site_id, name=name, public_key_pem=public_key_pem)
+    session.add(site)
+    session.flush()
+    token, plaintext = issue_token(session, "site", site_id, label=f"site {site_id}", days=days)
+    audit.append(session, actor, "site.add", f"site:{site_id}", {"name": name, "token": token.id})
+    return site, token, plaintext
+
+
+def list_sites(session: Session) -> list[Site]:
+    return list(session.execute(select(Site).order_by(Site.id)).scalars())
+
+
+def get_site(session: Session, site_id: str) -> Site:
+    site = session.get(Site, site_id)
+    if site is None:
+        raise ConfedError("not_found", f"site {site_id} not found", 404)
+    return site

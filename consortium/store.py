@@ -1,0 +1,166 @@
+"""Content-addressed, write-once object store.
+
+Objects live at ``objects/<sha[:2]>/<sha256>``. A file is first written under
+``tmp/``, fsynced and re-hashed; only when the checksum matches is it renamed into
+place (an atomic step on POSIX), so a crash never leaves a half-written object
+visible. Objects are made read-only.
+
+Bundle views (``bundles/<bundle_hash>/``) are directories of hard links to the
+objects, laid out as the original bundle so ``sites.bundle.read_bundle`` can open
+them without copying data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from consortium.errors import ConfedError
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class StagedObject:
+    """A verified temporary copy waiting to be renamed into the store."""
+
+    sha256: str
+    size: int
+    temp_path: Path
+
+
+class ObjectStore:
+    """Write-once objects under ``root``.
+
+    Parameters
+    ----------
+    root : Path
+        Coordinator data root; ``objects/``, ``bundles/`` and ``tmp/`` are created in it.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.objects_dir = self.root / "objects"
+        self.bundles_dir = self.root / "bundles"
+        self.tmp_dir = self.root / "tmp"
+        for d in (self.objects_dir, self.bundles_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ConfedError("bad_hash", f"not a SHA-256 hex digest: {sha256!r}")
+        return self.objects_dir / sha256[:2] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def temp_path(self, prefix: str = "obj") -> Path:
+        return self.tmp_dir / f"{prefix}-{uuid.uuid4().hex}"
+
+    def stage(self, src: Path, expected_sha256: str | None = None) -> StagedObject:
+        """Copy ``src`` to a temporary file, fsync it, and check its checksum."""
+        tmp = self.temp_path()
+        h = hashlib.sha256()
+        size = 0
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        # Re-read what reached the disk, not what we meant to write.
+        digest = sha256_file(tmp)
+        if digest != h.hexdigest() or (expected_sha256 and digest != expected_sha256):
+            tmp.unlink(missing_ok=True)
+            raise ConfedError(
+                "checksum_mismatch",
+                f"{src.name}: checksum {digest} does not match expected "
+                f"{expected_sha256 or h.hexdigest()}",
+                422,
+            )
+        return StagedObject(digest, size, tmp)
+
+    def commit(self, staged: StagedObject) -> Path:
+        """Rename a staged object into place (a no-op if an identical one exists)."""
+        dest = self.path(staged.sha256)
+        if dest.exists():
+            staged.temp_path.unlink(missing_ok=True)
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(staged.temp_path, 0o444)
+        os.replace(staged.temp_path, dest)
+        _fsync_dir(dest.parent)
+        return dest
+
+    def discard(self, staged: Iterable[StagedObject]) -> None:
+        for s in staged:
+            s.temp_path.unlink(missing_ok=True)
+
+    def iter_objects(self) -> Iterator[Path]:
+        """Every file under ``objects/`` (names are not trusted to be hashes)."""
+        for sub in sorted(self.objects_dir.iterdir()):
+            if sub.is_dir():
+                yield from sorted(sub.iterdir())
+
+    def stale_temporaries(self) -> list[Path]:
+        return sorted(self.tmp_dir.iterdir())
+
+    def clean_tmp(self) -> int:
+        """Remove leftovers of interrupted writes; call only when no ingest is running."""
+        n = 0
+        for p in self.stale_temporaries():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def view(self, bundle_hash: str, files: dict[str, str]) -> Path:
+        """The bundle laid out as a directory of hard links to its objects.
+
+        Built under ``tmp/`` and renamed into ``bundles/<bundle_hash>`` so a reader
+        never sees a partial view.
+        """
+        dest = self.bundles_dir / bundle_hash
+        if dest.is_dir():
+            return dest
+        tmp = self.temp_path("view")
+        tmp.mkdir()
+        for rel, sha in files.items():
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            obj = self.path(sha)
+            if not obj.is_file():
+                shutil.rmtree(tmp)
+                raise ConfedError("object_missing", f"object {sha} of {rel} is missing", 500)
+            os.link(obj, target)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            shutil.rmtree(tmp)  # another request built it first
+            if not dest.is_dir():
+                raise
+        return dest

@@ -1,0 +1,307 @@
+"""The site agent: from a site's local derivatives to a signed bundle.
+
+:func:`compute` reads the phenotype table, every subject's ROI time series
+(or BOLD image), head motion and voxel maps as the site config describes,
+applies quality control, pseudonymizes, and writes the bundle atomically.
+Problems that concern one subject's data quality become recorded QC
+exclusions; problems that mean the site's files or config are wrong (an
+unreadable file, a wrong column count, a time series file of a subject absent
+from the phenotype table, a map on another grid) stop the run with an error
+naming the file and subject, and leave no bundle behind.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sites.atlas import Atlas, load_atlas
+from sites.bundle import write_bundle
+from sites.config import ConfigError, ConnectivityConfig, SiteConfig
+from sites.connectivity import fisher_z_connectivity, network_summaries
+from sites.extraction import extract_labels, extract_spheres
+from sites.keys import load_private_key
+from sites.maps import standardized_maps
+from sites.motion import mean_fd, mean_fd_from_confounds, read_realignment
+from sites.phenotypes import Phenotypes, load_phenotypes
+from sites.pseudonym import load_secret, subject_key
+from sites.qc import phenotype_problems, qc_table, timeseries_problems
+from sites.timeseries import read_timeseries
+
+SUBJECT_FIELD = "{subject_id}"
+
+
+class AgentError(ValueError):
+    """A site input that stops the computation (message names file and subject)."""
+
+
+@dataclass
+class _Source:
+    config: ConnectivityConfig
+    atlas: Atlas
+    edges: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def software_version() -> str:
+    try:
+        return importlib_metadata.version("confed")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _subject_path(config: SiteConfig, pattern: str, subject: str) -> Path:
+    return config.resolve(pattern.replace(SUBJECT_FIELD, subject))
+
+
+def _check_reverse(config: SiteConfig, pattern: str, subjects: set[str], table: Path) -> None:
+    """Every file matching ``pattern`` must belong to a subject of the table."""
+    if SUBJECT_FIELD not in pattern:
+        raise ConfigError(f"pattern {pattern!r} lacks {SUBJECT_FIELD}")
+    full = re.escape(str(config.resolve(pattern)))
+    placeholder = re.escape(SUBJECT_FIELD)
+    regex = re.compile(
+        full.replace(placeholder, r"(?P<id>[^/]+)", 1).replace(placeholder, r"(?P=id)") + "$"
+    )
+    wildcard = glob.escape(str(config.resolve(pattern))).replace(SUBJECT_FIELD, "*")
+    for path in sorted(glob.glob(wildcard)):
+        match = regex.match(path)
+        if match and match.group("id") not in subjects:
+            raise AgentError(
+                f"{path}: subject '{match.group('id')}' has a file but no row in {table}"
+            )
+
+
+def _load_atlas(config: SiteConfig, name: str) -> Atlas:
+    if name in ("dosenbach160", "ho111"):
+        return load_atlas(name)
+    return load_atlas(config.resolve(name))
+
+
+def _timeseries(config: SiteConfig, source: _Source, subject: str) -> tuple[np.ndarray, Path]:
+    cfg = source.config
+    path = _subject_path(config, cfg.pattern, subject)
+    if cfg.source == "timeseries":
+        return read_timeseries(path, cfg.columns, source.atlas.n_rois), path
+    if cfg.labels_image is not None:
+        return extract_labels(path, config.resolve(cfg.labels_image), source.atlas), path
+    return extract_spheres(path, source.atlas, cfg.radius_mm), path
+
+
+def _subject_fd(config: SiteConfig, phen: pd.DataFrame, subject: str) -> tuple[float, str | None]:
+    motion = config.motion
+    if motion.source == "phenotype":
+        return float(phen.at[subject, "mean_fd"]), None
+    if motion.source == "none":
+        return float("nan"), None
+    path = _subject_path(config, motion.pattern or "", subject)
+    if not path.exists():
+        return float("nan"), f"missing motion file: expected {path}"
+    if motion.source == "confounds":
+        definition = None if motion.definition == "power" else motion.definition
+        return mean_fd_from_confounds(path, definition=definition), None
+    return mean_fd(read_realignment(path), motion.definition), None
+
+
+def _check_config(config: SiteConfig, phen: Phenotypes) -> None:
+    labels = set(config.phenotypes.values.get("dx", {}).values())
+    for role in ("dx_case", "dx_control"):
+        label = getattr(config.phenotypes, role)
+        if labels and label not in labels:
+            raise ConfigError(
+                f"phenotypes.{role} = {label!r} is not a value of phenotypes.values.dx"
+            )
+    if config.motion.source == "phenotype" and "mean_fd" not in phen.table.columns:
+        raise ConfigError("motion.source = 'phenotype' but no column is mapped to 'mean_fd'")
+
+
+def _select(phen: Phenotypes, subjects: list[str] | None, path: Path) -> pd.DataFrame:
+    if subjects is None:
+        return phen.table
+    unknown = [s for s in subjects if s not in phen.table.index]
+    if unknown:
+        raise AgentError(f"{path}: subject(s) {unknown[:5]} not in the phenotype table")
+    return phen.table.loc[list(subjects)]
+
+
+def compute(
+    config: SiteConfig,
+    out_dir: str | Path,
+    *,
+    subjects: list[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Compute a site's bundle.
+
+    Parameters
+    ----------
+    config : SiteConfig
+        The site configuration (:func:`sites.config.load_config`).
+    out_dir : path
+        Bundle directory to write.
+    subjects : list of str, optional
+        Restrict to these subject IDs of the phenotype table (files of other
+        subjects are then not checked).
+    overwrite : bool
+        Replace an existing bundle directory.
+    progress : bool
+        Show rich progress bars.
+
+    Returns
+    -------
+    Path
+        The bundle directory.
+    """
+    out_dir = Path(out_dir)
+    private_key = load_private_key(config.resolve(config.keys.private_key))
+    secret = load_secret(config.resolve(config.keys.secret))
+    table_path = config.resolve(config.phenotypes.path)
+    phen = load_phenotypes(config.phenotypes, table_path)
+    _check_config(config, phen)
+    table = _select(phen, subjects, table_path)
+    ids = table.index.tolist()
+    sources = [_Source(c, _load_atlas(config, c.atlas)) for c in config.connectivity]
+    if len({s.atlas.name for s in sources}) != len(sources):
+        raise ConfigError("two connectivity entries use the same atlas name")
+    if subjects is None:
+        for source in sources:
+            _check_reverse(config, source.config.pattern, set(ids), table_path)
+
+    reasons = {s: list(phen.problems.get(s, [])) for s in ids}
+    fds = np.full(len(ids), np.nan)
+    with _progress(progress) as bars:
+        task = bars.add_task("subjects", total=len(ids))
+        for i, subject in enumerate(ids):
+            fds[i] = _process_subject(config, table, subject, sources, reasons[subject])
+            bars.advance(task)
+        for m in config.maps:
+            for subject in ids:
+                path = _subject_path(config, m.pattern, subject)
+                if not path.exists():
+                    reasons[subject].append(f"missing {m.metric} map: expected {path}")
+        included = [s for s in ids if not reasons[s]]
+        maps = {}
+        for m in config.maps:
+            task = bars.add_task(f"map {m.metric}", total=1)
+            paths = [_subject_path(config, m.pattern, s) for s in included]
+            mask = config.resolve(m.mask) if m.mask else None
+            maps[m.metric] = standardized_maps(paths, mask, m.coverage, m.method)
+            bars.advance(task)
+
+    keys = [subject_key(secret, config.site_id, s) for s in ids]
+    key_of = dict(zip(ids, keys, strict=True))
+    subjects_out = table.loc[included].copy()
+    subjects_out["mean_fd"] = fds[[ids.index(s) for s in included]]
+    subjects_out.insert(0, "subject_key", [key_of[s] for s in included])
+    subjects_out = subjects_out.reset_index(drop=True)
+    connectivity = {
+        s.atlas.name: np.stack([s.edges[x] for x in included]).astype(np.float32)
+        if included
+        else np.zeros((0, s.atlas.n_edges), np.float32)
+        for s in sources
+    }
+    networks = {
+        s.atlas.name: network_summaries(connectivity[s.atlas.name], s.atlas) for s in sources
+    }
+    return write_bundle(
+        out_dir,
+        site_id=config.site_id,
+        subjects=subjects_out,
+        qc=qc_table(keys, [reasons[s] for s in ids], fds),
+        connectivity=connectivity,
+        networks=networks,
+        maps=maps,
+        metadata=_metadata(config, sources),
+        private_key=private_key,
+        overwrite=overwrite,
+    )
+
+
+def _process_subject(
+    config: SiteConfig,
+    table: pd.DataFrame,
+    subject: str,
+    sources: list[_Source],
+    reasons: list[str],
+) -> float:
+    """Read one subject's data; append QC reasons; keep FC when clean. Returns mean FD."""
+    try:
+        fd, fd_problem = _subject_fd(config, table, subject)
+    except ValueError as exc:
+        raise AgentError(f"subject '{subject}': {exc}") from exc
+    if fd_problem:
+        reasons.append(fd_problem)
+    age = float(table.at[subject, "age"])
+    reasons.extend(phenotype_problems(age, fd, config.qc, config.motion.source != "none"))
+    for source in sources:
+        path = _subject_path(config, source.config.pattern, subject)
+        if not path.exists():
+            reasons.append(f"missing time series ({source.atlas.name}): expected {path}")
+            continue
+        try:
+            ts, path = _timeseries(config, source, subject)
+        except ValueError as exc:
+            raise AgentError(f"subject '{subject}': {exc}") from exc
+        problems = timeseries_problems(ts, source.atlas, config.qc, str(path))
+        if problems:
+            reasons.extend(problems)
+            continue
+        edges = fisher_z_connectivity(ts)
+        if not np.isfinite(edges).all():
+            reasons.append(f"non-finite connectivity ({source.atlas.name}; {path})")
+            continue
+        source.edges[subject] = edges
+    return fd
+
+
+def _metadata(config: SiteConfig, sources: list[_Source]) -> dict:
+    return {
+        "software": {"name": "confed", "version": software_version()},
+        "dx_labels": {"case": config.phenotypes.dx_case, "control": config.phenotypes.dx_control},
+        "connectivity": {
+            s.atlas.name: {
+                "n_rois": s.atlas.n_rois,
+                "labels": s.atlas.labels,
+                "networks": s.atlas.networks,
+                "source": s.config.source,
+                "columns": s.config.columns,
+                "radius_mm": s.config.radius_mm if s.config.source == "bold" else None,
+                "measure": "fisher_z_pearson_upper_triangle",
+            }
+            for s in sources
+        },
+        "motion": {"source": config.motion.source, "fd_definition": config.motion.definition},
+        "qc_rules": config.qc.model_dump(),
+        "maps": {
+            m.metric: {
+                "method": m.method,
+                "mask": "given" if m.mask else "coverage",
+                "coverage": m.coverage,
+            }
+            for m in config.maps
+        },
+        "pseudonymization": "HMAC-SHA256(site secret, '<site_id>:<subject_id>'), hex",
+        "phenotype_columns": sorted(
+            set(config.phenotypes.columns.values()) - {"subject_id"}
+            | set(config.phenotypes.allow)
+            | {"mean_fd"}
+        ),
+    }
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=False,
+    )

@@ -1,0 +1,157 @@
+"""ROI atlases: labels, network assignment and sphere coordinates.
+
+Two atlases are built in:
+
+``dosenbach160``
+    The 160 functional ROIs of Dosenbach et al. (2010) with the Yeo-7
+    network assignment used by REST-meta-MDD [2]_ and the 33-ROI default mode
+    network (``restmeta_dmn``) of Yan et al. (2019) [2]_.
+``ho111``
+    The 111 Harvard-Oxford ROIs of the ABIDE Preprocessed Connectomes Project
+    release (C-PAC ``rois_ho``), labelled as in the ``.1D`` header (``1`` ...
+    ``111``); no network assignment (network ``"none"``).
+
+Any other atlas is a TSV file with columns ``index, label, network`` and,
+optionally, ``x, y, z`` (MNI mm) and ``dmn`` (0/1), so sites register atlases
+without code changes.
+
+References
+----------
+.. [1] Dosenbach N.U.F. et al. (2010). Prediction of individual brain maturity
+   using fMRI. Science 329:1358-1361.
+.. [2] Yan C.-G. et al. (2019). Reduced default mode network functional
+   connectivity in patients with recurrent major depressive disorder. PNAS
+   116:9078-9083.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BUILTIN_ATLASES = ("dosenbach160", "ho111")
+
+
+class AtlasError(ValueError):
+    """An atlas file or name that cannot be used."""
+
+
+@dataclass(frozen=True, eq=False)
+class Atlas:
+    """A set of ROIs with one network label per ROI.
+
+    Attributes
+    ----------
+    name : str
+        Atlas name, used in bundle file names (``connectivity_<name>.parquet``).
+    labels : list of str
+        One label per ROI, in column order of the ROI time series.
+    networks : list of str
+        Network of each ROI (``"none"`` when the atlas has no assignment).
+    coords : ndarray of shape (n_rois, 3) or None
+        MNI coordinates (mm) of sphere centres, for coordinate atlases.
+    dmn : ndarray of bool, shape (n_rois,) or None
+        ROIs of the REST-meta-MDD default mode network.
+    """
+
+    name: str
+    labels: list[str]
+    networks: list[str]
+    coords: np.ndarray | None = None
+    dmn: np.ndarray | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != len(self.networks):
+            raise AtlasError(
+                f"atlas {self.name!r}: {len(self.labels)} labels but "
+                f"{len(self.networks)} network assignments"
+            )
+        if self.coords is not None and self.coords.shape != (self.n_rois, 3):
+            raise AtlasError(f"atlas {self.name!r}: coords must be {self.n_rois} x 3")
+        if self.dmn is not None and self.dmn.shape != (self.n_rois,):
+            raise AtlasError(f"atlas {self.name!r}: dmn mask must have {self.n_rois} entries")
+
+    @property
+    def n_rois(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_edges(self) -> int:
+        return self.n_rois * (self.n_rois - 1) // 2
+
+
+def load_atlas(name_or_path: str | Path) -> Atlas:
+    """Load a built-in atlas by name or a custom atlas from a TSV file.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        ``"dosenbach160"``, ``"ho111"`` or the path of a TSV file with columns
+        ``index, label, network`` (optional ``x, y, z``, ``dmn``). The atlas
+        of a TSV file is named after the file stem.
+
+    Returns
+    -------
+    Atlas
+    """
+    if str(name_or_path) == "dosenbach160":
+        return _dosenbach160()
+    if str(name_or_path) == "ho111":
+        return _ho111()
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise AtlasError(
+            f"unknown atlas {str(name_or_path)!r}: not a built-in "
+            f"({', '.join(BUILTIN_ATLASES)}) and no such TSV file"
+        )
+    return _from_tsv(path)
+
+
+def _dosenbach160() -> Atlas:
+    source = resources.files("sites") / "data" / "dosenbach160_networks.tsv"
+    with resources.as_file(source) as path:
+        table = pd.read_csv(path, sep="\t", comment="#")
+    return Atlas(
+        name="dosenbach160",
+        labels=[f"{roi}_{name}" for roi, name in zip(table["roi"], table["name"], strict=True)],
+        networks=table["yeo7_network"].astype(str).tolist(),
+        coords=table[["x", "y", "z"]].to_numpy(dtype=float),
+        dmn=table["restmeta_dmn"].to_numpy() == 1,
+    )
+
+
+def _ho111() -> Atlas:
+    labels = [str(i) for i in range(1, 112)]
+    return Atlas(name="ho111", labels=labels, networks=["none"] * 111)
+
+
+def _from_tsv(path: Path) -> Atlas:
+    try:
+        table = pd.read_csv(path, sep="\t", comment="#")
+    except Exception as exc:  # pandas raises many parser errors
+        raise AtlasError(f"{path}: cannot read atlas TSV ({exc})") from exc
+    missing = {"index", "label", "network"} - set(table.columns)
+    if missing:
+        raise AtlasError(f"{path}: atlas TSV lacks column(s) {sorted(missing)}")
+    if table["index"].duplicated().any():
+        dup = table.loc[table["index"].duplicated(), "index"].iloc[0]
+        raise AtlasError(f"{path}: duplicate ROI index {dup}")
+    if table["network"].isna().any():
+        row = int(table.index[table["network"].isna()][0])
+        raise AtlasError(f"{path}: ROI {table.loc[row, 'index']} has no network")
+    table = table.sort_values("index")
+    coords = None
+    if {"x", "y", "z"} <= set(table.columns):
+        coords = table[["x", "y", "z"]].to_numpy(dtype=float)
+    dmn = table["dmn"].to_numpy() == 1 if "dmn" in table.columns else None
+    return Atlas(
+        name=path.stem,
+        labels=table["label"].astype(str).tolist(),
+        networks=table["network"].astype(str).tolist(),
+        coords=coords,
+        dmn=dmn,
+    )

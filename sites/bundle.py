@@ -1,0 +1,498 @@
+"""Submission bundles: writer, reader and verifier (format version 1.0).
+
+A bundle is a directory (or a ``.tar`` of it) holding Parquet tables, maps,
+a QC report and a signed ``manifest.json``. The specification is
+``docs/site-data-manager/bundle-format.md``; this module is its reference
+implementation, used by the site agent and imported by the coordinator.
+
+Writing is atomic: everything goes to a hidden temporary sibling directory
+that is renamed into place only once complete and signed, so an interrupted
+or failed computation never leaves a bundle that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sites import keys as site_keys
+
+FORMAT_VERSION = "1.0"
+SUPPORTED_VERSIONS = ("1.0",)
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+SIGNER = "signature.json"
+UNLISTED = (MANIFEST, SIGNATURE, SIGNER)
+
+
+class BundleError(Exception):
+    """A bundle that fails a check; the message names the file and the check."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_manifest_signature(
+    manifest_bytes: bytes, signature_bytes: bytes, public_key_pem: bytes
+) -> None:
+    """Check the Ed25519 signature of ``manifest.json``; raise :class:`BundleError`."""
+    try:
+        key = site_keys.load_public_key(public_key_pem)
+    except site_keys.KeyFileError as exc:
+        raise BundleError(f"{SIGNER}: public key check failed ({exc})") from exc
+    try:
+        key.verify(signature_bytes, manifest_bytes)
+    except InvalidSignature as exc:
+        raise BundleError(
+            f"{SIGNATURE}: signature check failed: manifest.json was not signed by key "
+            f"{site_keys.fingerprint(key)[:16]}..."
+        ) from exc
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _edges_table(keys: list[str], edges: np.ndarray) -> pa.Table:
+    edges = np.ascontiguousarray(edges, dtype=np.float32)
+    values = pa.array(edges.reshape(-1), type=pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(values, edges.shape[1])
+    return pa.table({"subject_key": pa.array(keys, pa.string()), "edges": column})
+
+
+def _check_rows(name: str, n_rows: int, n_subjects: int) -> None:
+    if n_rows != n_subjects:
+        raise BundleError(f"{name}: {n_rows} rows but {n_subjects} included subjects")
+
+
+def write_bundle(
+    out_dir: str | Path,
+    *,
+    site_id: str,
+    subjects: pd.DataFrame,
+    qc: pd.DataFrame,
+    connectivity: dict[str, np.ndarray],
+    networks: dict[str, pd.DataFrame],
+    maps: dict[str, tuple[nib.Nifti1Image, np.ndarray]] | None = None,
+    metadata: dict[str, Any] | None = None,
+    private_key: Ed25519PrivateKey,
+    overwrite: bool = False,
+) -> Path:
+    """Write and sign a bundle directory atomically.
+
+    Parameters
+    ----------
+    out_dir : path
+        Bundle directory to create; must not exist unless ``overwrite``.
+    site_id : str
+        Site identifier recorded in the manifest.
+    subjects : DataFrame
+        Included subjects: ``subject_key`` and canonical phenotype columns.
+    qc : DataFrame
+        All subjects: ``subject_key``, ``included``, ``reason`` (+ extras).
+    connectivity : dict
+        atlas name -> subjects x edges array (rows in ``subjects`` order).
+    networks : dict
+        atlas name -> network summaries DataFrame (rows in ``subjects`` order).
+    maps : dict, optional
+        metric -> (mask image, subjects x in-mask voxels array).
+    metadata : dict, optional
+        Extra manifest entries (atlases, parameters, QC rules, dx labels...).
+    private_key : Ed25519PrivateKey
+        The site's signing key.
+    overwrite : bool
+        Replace an existing bundle directory (only once the new one is complete).
+
+    Returns
+    -------
+    Path
+        The bundle directory.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise BundleError(f"{out_dir}: already exists (use overwrite to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write_contents(
+            tmp,
+            site_id,
+            subjects,
+            qc,
+            connectivity,
+            networks,
+            maps or {},
+            metadata or {},
+            private_key,
+        )
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_contents(
+    root: Path,
+    site_id: str,
+    subjects: pd.DataFrame,
+    qc: pd.DataFrame,
+    connectivity: dict[str, np.ndarray],
+    networks: dict[str, pd.DataFrame],
+    maps: dict[str, tuple[nib.Nifti1Image, np.ndarray]],
+    metadata: dict[str, Any],
+    private_key: Ed25519PrivateKey,
+) -> None:
+    if "subject_key" not in subjects.columns or subjects["subject_key"].duplicated().any():
+        raise BundleError("subjects.parquet: subject_key column missing or not unique")
+    keys = subjects["subject_key"].tolist()
+    n = len(keys)
+    subjects.reset_index(drop=True).to_parquet(root / "subjects.parquet", index=False)
+    qc.reset_index(drop=True).to_parquet(root / "qc.parquet", index=False)
+    qc.to_csv(root / "qc.csv", index=False)
+    atlases = {}
+    for atlas, edges in connectivity.items():
+        _check_rows(f"connectivity_{atlas}.parquet", len(edges), n)
+        pq.write_table(_edges_table(keys, edges), root / f"connectivity_{atlas}.parquet")
+        atlases[atlas] = {"n_edges": int(np.shape(edges)[1])}
+    for atlas, table in networks.items():
+        _check_rows(f"networks_{atlas}.parquet", len(table), n)
+        out = table.reset_index(drop=True).copy()
+        out.insert(0, "subject_key", keys)
+        out.to_parquet(root / f"networks_{atlas}.parquet", index=False)
+    map_info = {}
+    if maps:
+        (root / "maps").mkdir()
+    for metric, (mask_img, values) in maps.items():
+        n_vox = int(np.count_nonzero(np.asarray(mask_img.dataobj)))
+        _check_rows(f"maps/{metric}.npy", len(values), n)
+        if values.shape[1] != n_vox:
+            raise BundleError(f"maps/{metric}.npy: {values.shape[1]} columns, mask has {n_vox}")
+        mask = nib.Nifti1Image(
+            (np.asarray(mask_img.dataobj) != 0).astype(np.uint8), mask_img.affine
+        )
+        nib.save(mask, root / "maps" / f"{metric}_mask.nii.gz")
+        np.save(root / "maps" / f"{metric}.npy", np.ascontiguousarray(values, dtype=np.float32))
+        map_info[metric] = {"n_voxels": n_vox}
+    files = {
+        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+    counts = qc["included"].value_counts()
+    manifest = {
+        **metadata,
+        "format_version": FORMAT_VERSION,
+        "site_id": site_id,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "connectivity": {
+            k: {**metadata.get("connectivity", {}).get(k, {}), **v} for k, v in atlases.items()
+        },
+        "maps": {k: {**metadata.get("maps", {}).get(k, {}), **v} for k, v in map_info.items()},
+        "counts": {
+            "subjects_total": int(len(qc)),
+            "included": int(counts.get(True, 0)),
+            "excluded": int(counts.get(False, 0)),
+            "by_dx": {str(k): int(v) for k, v in subjects["dx"].value_counts().items()}
+            if "dx" in subjects
+            else {},
+        },
+        "files": files,
+    }
+    manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    (root / MANIFEST).write_bytes(manifest_bytes)
+    (root / SIGNATURE).write_bytes(private_key.sign(manifest_bytes))
+    public = site_keys.public_pem(private_key.public_key())
+    signer = {
+        "algorithm": "ed25519",
+        "public_key_fingerprint": site_keys.fingerprint(private_key.public_key()),
+        "public_key_pem": public.decode(),
+    }
+    (root / SIGNER).write_text(json.dumps(signer, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class Bundle:
+    """An opened (and by default verified) bundle. Use :func:`read_bundle`."""
+
+    def __init__(self, root: Path, path: Path, keepalive: Any = None) -> None:
+        self._root = root
+        self.path = path
+        self._keepalive = keepalive  # temporary extraction directory of a .tar
+        try:
+            self.manifest_bytes = (root / MANIFEST).read_bytes()
+        except FileNotFoundError as exc:
+            raise BundleError(f"{MANIFEST}: missing from {path}") from exc
+        try:
+            self.manifest: dict[str, Any] = json.loads(self.manifest_bytes)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{MANIFEST}: not valid JSON ({exc})") from exc
+        if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("files"), dict):
+            raise BundleError(f"{MANIFEST}: no 'files' table")
+        version = self.manifest.get("format_version")
+        if version not in SUPPORTED_VERSIONS:
+            raise BundleError(
+                f"{MANIFEST}: unknown format version {version!r} (supported: {SUPPORTED_VERSIONS})"
+            )
+        self.bundle_hash = hashlib.sha256(self.manifest_bytes).hexdigest()
+        self.site_id: str = str(self.manifest.get("site_id"))
+        self.files: dict[str, str] = {
+            name: entry.get("sha256") for name, entry in self.manifest["files"].items()
+        }
+
+    # -- verification
+    @property
+    def signer(self) -> dict[str, str]:
+        try:
+            return json.loads((self._root / SIGNER).read_text())
+        except FileNotFoundError as exc:
+            raise BundleError(f"{SIGNER}: missing") from exc
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{SIGNER}: not valid JSON ({exc})") from exc
+
+    @property
+    def public_key_fingerprint(self) -> str:
+        return str(self.signer.get("public_key_fingerprint"))
+
+    def verify(self, public_key_pem: bytes | None = None) -> None:
+        """Check signature, file set, sizes and SHA-256 checksums."""
+        try:
+            signature = (self._root / SIGNATURE).read_bytes()
+        except FileNotFoundError as exc:
+            raise BundleError(f"{SIGNATURE}: missing") from exc
+        signer = self.signer
+        embedded = str(signer.get("public_key_pem", "")).encode()
+        verify_manifest_signature(self.manifest_bytes, signature, public_key_pem or embedded)
+        if public_key_pem is None and site_keys.fingerprint(embedded) != signer.get(
+            "public_key_fingerprint"
+        ):
+            raise BundleError(f"{SIGNER}: public key fingerprint does not match the key")
+        present = {
+            p.relative_to(self._root).as_posix()
+            for p in self._root.rglob("*")
+            if p.is_file() or p.is_symlink()
+        } - set(UNLISTED)
+        for name in sorted(present):
+            if (self._root / name).is_symlink():
+                raise BundleError(f"{name}: is a symbolic link")
+        listed = set(self.manifest["files"])
+        if listed - present:
+            raise BundleError(f"{sorted(listed - present)[0]}: listed in manifest but missing")
+        if present - listed:
+            raise BundleError(f"{sorted(present - listed)[0]}: extra file not in manifest")
+        for name in sorted(listed):
+            entry = self.manifest["files"][name]
+            path = self._root / name
+            if path.stat().st_size != entry.get("size"):
+                raise BundleError(
+                    f"{name}: size check failed ({path.stat().st_size} bytes, "
+                    f"manifest says {entry.get('size')})"
+                )
+            if sha256_file(path) != entry.get("sha256"):
+                raise BundleError(f"{name}: SHA-256 checksum mismatch")
+
+    # -- contents
+    def _parquet(self, name: str) -> pd.DataFrame:
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{name}: not in this bundle")
+        try:
+            return pd.read_parquet(self._root / name)
+        except Exception as exc:  # pyarrow raises several types
+            raise BundleError(f"{name}: cannot read Parquet ({exc})") from exc
+
+    @cached_property
+    def subjects(self) -> pd.DataFrame:
+        return self._parquet("subjects.parquet")
+
+    @cached_property
+    def qc(self) -> pd.DataFrame:
+        return self._parquet("qc.parquet")
+
+    @property
+    def atlases(self) -> list[str]:
+        return sorted(self.manifest.get("connectivity", {}))
+
+    def _check_order(self, name: str, keys: pd.Series) -> None:
+        if keys.tolist() != self.subjects["subject_key"].tolist():
+            raise BundleError(f"{name}: subject_key rows differ from subjects.parquet")
+
+    def connectivity(self, atlas_name: str) -> np.ndarray:
+        """Subjects x edges float32 array, rows in ``.subjects`` order."""
+        name = f"connectivity_{atlas_name}.parquet"
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{name}: no connectivity for atlas {atlas_name!r} in this bundle")
+        table = pq.read_table(self._root / name)
+        self._check_order(name, table.column("subject_key").to_pandas())
+        column = table.column("edges").combine_chunks()
+        width = column.type.list_size
+        return column.flatten().to_numpy().reshape(len(table), width).astype(np.float32)
+
+    def network_summaries(self, atlas_name: str) -> pd.DataFrame:
+        name = f"networks_{atlas_name}.parquet"
+        table = self._parquet(name)
+        self._check_order(name, table["subject_key"])
+        return table.drop(columns="subject_key").set_index(self.subjects.index)
+
+    @property
+    def map_names(self) -> list[str]:
+        return sorted(self.manifest.get("maps", {}))
+
+    def maps(self, metric: str) -> tuple[nib.Nifti1Image, np.ndarray]:
+        """Mask image and subjects x in-mask voxels float32 standardized map."""
+        if metric not in self.manifest.get("maps", {}):
+            raise BundleError(f"maps/{metric}.npy: no map {metric!r} in this bundle")
+        mask = nib.load(self._root / "maps" / f"{metric}_mask.nii.gz")
+        mask = nib.Nifti1Image(np.asarray(mask.dataobj), mask.affine, mask.header)
+        values = np.load(self._root / "maps" / f"{metric}.npy", allow_pickle=False)
+        return mask, values
+
+    def __repr__(self) -> str:
+        return f"Bundle(site_id={self.site_id!r}, path={str(self.path)!r}, {self.bundle_hash[:12]})"
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    name = member.name
+    pure = PurePosixPath(name)
+    if name.startswith(("/", "\\")) or pure.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        raise BundleError(f"{name}: tar member has an absolute path")
+    if ".." in pure.parts or "\\" in name:
+        raise BundleError(f"{name}: tar member path escapes the bundle ('..')")
+    if member.issym() or member.islnk():
+        raise BundleError(f"{name}: tar member is a link")
+    if member.isdev() or not (member.isfile() or member.isdir()):
+        raise BundleError(f"{name}: tar member is a device or special file")
+
+
+def _extract_tar(path: Path) -> tuple[Path, tempfile.TemporaryDirectory]:
+    tmp = tempfile.TemporaryDirectory(prefix="confed-bundle-")
+    target = Path(tmp.name)
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            members = archive.getmembers()
+            for member in members:
+                _check_member(member)
+            for member in members:
+                dest = target.joinpath(*PurePosixPath(member.name).parts)
+                if member.isdir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                source = archive.extractfile(member)
+                with open(dest, "wb") as handle:
+                    shutil.copyfileobj(source, handle)
+    except tarfile.TarError as exc:
+        tmp.cleanup()
+        raise BundleError(f"{path}: not a readable tar archive ({exc})") from exc
+    except BaseException:
+        tmp.cleanup()
+        raise
+    if (target / MANIFEST).exists():
+        return target, tmp
+    tops = [p for p in target.iterdir()]
+    if len(tops) == 1 and (tops[0] / MANIFEST).exists():
+        return tops[0], tmp
+    tmp.cleanup()
+    raise BundleError(f"{path}: no {MANIFEST} at the top of the archive")
+
+
+def read_bundle(
+    path: str | Path, verify: bool = True, public_key_pem: bytes | None = None
+) -> Bundle:
+    """Open a bundle directory or ``.tar`` archive.
+
+    Parameters
+    ----------
+    path : path
+        Bundle directory or tar archive (as made by :func:`export_bundle`).
+    verify : bool, default=True
+        Check format version, signature, file set, sizes and checksums.
+    public_key_pem : bytes, optional
+        Verify the signature with this key (the one the coordinator registered
+        for the site) instead of the key embedded in ``signature.json``.
+
+    Raises
+    ------
+    BundleError
+        Any failed check; the message names the file (or tar member) and check.
+    """
+    path = Path(path)
+    keepalive = None
+    if path.is_dir():
+        root = path
+    elif path.is_file():
+        root, keepalive = _extract_tar(path)
+    else:
+        raise BundleError(f"{path}: no such bundle directory or archive")
+    bundle = Bundle(root, path, keepalive)
+    if verify:
+        bundle.verify(public_key_pem)
+    return bundle
+
+
+def export_bundle(bundle_dir: str | Path, tar_path: str | Path) -> Path:
+    """Verify a bundle directory and write it as an uncompressed tar, atomically."""
+    bundle_dir, tar_path = Path(bundle_dir), Path(tar_path)
+    if not bundle_dir.is_dir():
+        raise BundleError(f"{bundle_dir}: not a bundle directory")
+    read_bundle(bundle_dir, verify=True)
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tar_path.parent / f".{tar_path.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode = stat.S_IMODE(info.mode) & 0o755
+        return info
+
+    try:
+        with tarfile.open(tmp, "w") as archive:
+            for file in sorted(bundle_dir.rglob("*")):
+                if file.is_file():
+                    arcname = f"{bundle_dir.name}/{file.relative_to(bundle_dir).as_posix()}"
+                    archive.add(file, arcname=arcname, recursive=False, filter=clean)
+        os.replace(tmp, tar_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tar_path
+
+
+def describe_bundle(bundle: Bundle) -> str:
+    """One line describing a bundle, for command-line output."""
+    counts = bundle.manifest.get("counts", {})
+    return (
+        f"{bundle.path}: site {bundle.site_id}, {counts.get('included', '?')} included / "
+        f"{counts.get('subjects_total', '?')} subjects, atlases {bundle.atlases}, "
+        f"maps {bundle.map_names}, hash {bundle.bundle_hash}"
+    )

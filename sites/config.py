@@ -1,0 +1,126 @@
+"""Site configuration: one TOML file, validated by a pydantic model.
+
+Relative paths in the file are resolved against the directory holding the
+file. See ``docs/site-data-manager/configure.md`` for an annotated example.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CANONICAL_REQUIRED = ("subject_id", "dx", "age", "sex")
+CANONICAL_OPTIONAL = ("education_years", "mean_fd", "episode", "medication", "hamd")
+
+
+class ConfigError(ValueError):
+    """A site configuration that cannot be used."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeysConfig(_Model):
+    private_key: Path = Path("keys/site_ed25519.pem")
+    public_key: Path = Path("keys/site_ed25519.pub.pem")
+    secret: Path = Path("keys/pseudonym.secret")
+
+
+class PhenotypeConfig(_Model):
+    path: Path
+    sheet: str | None = None
+    columns: dict[str, str] = Field(
+        description="source column -> canonical column (subject_id, dx, age, sex, ...)"
+    )
+    values: dict[str, dict[str, str]] = Field(default_factory=dict)
+    dx_case: str
+    dx_control: str
+    allow: list[str] = Field(default_factory=list, description="extra columns allowed to leave")
+
+    @field_validator("columns")
+    @classmethod
+    def _canonical_targets(cls, columns: dict[str, str]) -> dict[str, str]:
+        known = set(CANONICAL_REQUIRED) | set(CANONICAL_OPTIONAL)
+        unknown = sorted(set(columns.values()) - known)
+        if unknown:
+            raise ValueError(f"columns map to unknown canonical names {unknown}")
+        missing = sorted(set(CANONICAL_REQUIRED) - set(columns.values()))
+        if missing:
+            raise ValueError(f"no source column mapped to required {missing}")
+        return columns
+
+
+class ConnectivityConfig(_Model):
+    atlas: str = Field(description="built-in atlas name or path of an atlas TSV")
+    source: Literal["timeseries", "bold"] = "timeseries"
+    pattern: str = Field(description="file path pattern with {subject_id}")
+    columns: str | None = Field(default=None, description="1-based column range, e.g. 1409-1568")
+    radius_mm: float = 5.0
+    labels_image: Path | None = None
+    confounds: str | None = Field(default=None, description="fMRIPrep confounds pattern")
+
+
+class MotionConfig(_Model):
+    source: Literal["phenotype", "confounds", "realignment", "none"] = "phenotype"
+    definition: Literal["jenkinson", "power"] = "jenkinson"
+    pattern: str | None = Field(default=None, description="confounds or rp_*.txt pattern")
+
+    @model_validator(mode="after")
+    def _pattern_needed(self) -> MotionConfig:
+        if self.source in ("confounds", "realignment") and not self.pattern:
+            raise ValueError(f"motion source {self.source!r} needs a 'pattern'")
+        return self
+
+
+class QCConfig(_Model):
+    max_mean_fd: float = 0.2
+    min_volumes: int = 50
+    age_min: float = 5.0
+    age_max: float = 100.0
+
+
+class MapConfig(_Model):
+    metric: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    pattern: str
+    mask: Path | None = None
+    coverage: float = Field(default=0.9, gt=0, le=1)
+    method: str = "mean_regression_sd"
+
+
+class SiteConfig(_Model):
+    site_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    base_dir: Path = Path(".")
+    keys: KeysConfig = Field(default_factory=KeysConfig)
+    phenotypes: PhenotypeConfig
+    connectivity: list[ConnectivityConfig] = Field(min_length=1)
+    motion: MotionConfig = Field(default_factory=MotionConfig)
+    qc: QCConfig = Field(default_factory=QCConfig)
+    maps: list[MapConfig] = Field(default_factory=list)
+
+    def resolve(self, path: Path | str) -> Path:
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+
+def load_config(path: str | Path) -> SiteConfig:
+    """Read and validate a site TOML file; errors name the file and field."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+    base = Path(data.pop("base_dir", ".")).expanduser()
+    data["base_dir"] = base if base.is_absolute() else (path.parent / base).resolve()
+    try:
+        return SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
