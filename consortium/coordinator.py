@@ -23,6 +23,7 @@ class Coordinator:
 
     def __init__(self, settings: Settings, migrate: bool = True):
         self.settings = settings
+        settings.root.mkdir(parents=True, exist_ok=True)
         if migrate:
             migrations.upgrade(settings.database_url)
         self.db = Database(settings.database_url)

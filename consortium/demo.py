@@ -126,13 +126,18 @@ def _run(args: list[str], log: Path, what: str, timeout: float = 600) -> str:
     return proc.stdout
 
 
-def _run_all(jobs: Sequence[tuple[str, list[str], Path]], what: str, workers: int,
-             advance: Callable[[], None]) -> dict[str, str]:
+def _run_all(
+    jobs: Sequence[tuple[str, list[str], Path]],
+    what: str,
+    workers: int,
+    advance: Callable[[], None],
+) -> dict[str, str]:
     """Run ``(key, args, log)`` commands concurrently; fail on the first error."""
     outputs: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(_run, args, log, f"{what} of site {key}"): key
-                   for key, args, log in jobs}
+        futures = {
+            pool.submit(_run, args, log, f"{what} of site {key}"): key for key, args, log in jobs
+        }
         for future in as_completed(futures):
             outputs[futures[future]] = future.result()
             advance()
@@ -141,8 +146,13 @@ def _run_all(jobs: Sequence[tuple[str, list[str], Path]], what: str, workers: in
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def _finish(proc: subprocess.Popen, log: Path, what: str, timeout: float = 300) -> str:
@@ -188,7 +198,8 @@ class CoordinatorServer:
         with open(self.log, "w") as handle:
             self.proc = subprocess.Popen(
                 confed_command("coord", "serve", "--root", str(self.root), "--port", str(port)),
-                stdout=handle, stderr=subprocess.STDOUT,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         return self.url
@@ -198,16 +209,19 @@ class CoordinatorServer:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise DemoError(f"coordinator exited with code {self.proc.returncode} "
-                                f"(log: {self.log})")
+                raise DemoError(
+                    f"coordinator exited with code {self.proc.returncode} (log: {self.log})"
+                )
             try:
                 if httpx.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise DemoError(f"coordinator did not answer on {self.url} within {self.timeout:.0f} s "
-                        f"(log: {self.log})")
+        raise DemoError(
+            f"coordinator did not answer on {self.url} within {self.timeout:.0f} s "
+            f"(log: {self.log})"
+        )
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -234,8 +248,12 @@ class _Stages:
 
         self.timings: dict[str, float] = {}
         self.progress = Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=Console(stderr=True), disable=not show,
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=not show,
         )
 
     def __enter__(self) -> _Stages:
@@ -263,18 +281,34 @@ def _prepare_out(out: Path) -> None:
     (out / MARKER).write_text("output of `confed demo`; safe to delete\n")
 
 
-def _simulate(out: Path, n_sites: int | None, subjects_scale: float, effect_size: float,
-              seed: int, stages: _Stages) -> tuple[list[DemoSite], ConsortiumSimulator]:
+def _simulate(
+    out: Path,
+    n_sites: int | None,
+    subjects_scale: float,
+    effect_size: float,
+    seed: int,
+    jobs: int,
+    stages: _Stages,
+) -> tuple[list[DemoSite], ConsortiumSimulator]:
     model = SignalModel(effect_size=effect_size)
-    sim = ConsortiumSimulator(n_sites=n_sites, subjects_scale=subjects_scale, model=model,
-                              seed=seed)
+    sim = ConsortiumSimulator(
+        n_sites=n_sites, subjects_scale=subjects_scale, model=model, seed=seed
+    )
     design = sim.simulate_design()
     sim.calibrate()
     with stages.stage("simulate site files", total=design["site_id"].nunique()) as advance:
-        simulated = sim.write(out / "sites", progress=lambda *_: advance())
-    sites = [DemoSite(s.site_id, f"Simulated hospital {s.site_id}", s.directory,
-                      s.directory / "site.toml", s.data_config, n_subjects=len(s.subjects))
-             for s in simulated]
+        simulated = sim.write(out / "sites", progress=lambda *_: advance(), n_jobs=jobs)
+    sites = [
+        DemoSite(
+            s.site_id,
+            f"Simulated hospital {s.site_id}",
+            s.directory,
+            s.directory / "site.toml",
+            s.data_config,
+            n_subjects=len(s.subjects),
+        )
+        for s in simulated
+    ]
     return sites, sim
 
 
@@ -286,8 +320,7 @@ def _real_sites(data: Path, out: Path, options: RealDataOptions) -> list[DemoSit
     if options.sites:
         missing = sorted(set(options.sites) - {p.name for p in folders})
         if missing:
-            raise DemoError(f"--data {data}: no site folder(s) {missing} with "
-                            f"{options.phenotypes}")
+            raise DemoError(f"--data {data}: no site folder(s) {missing} with {options.phenotypes}")
         folders = [p for p in folders if p.name in options.sites]
     if not folders:
         raise DemoError(f"--data {data}: no sub-folder holds a {options.phenotypes}")
@@ -297,8 +330,13 @@ def _real_sites(data: Path, out: Path, options: RealDataOptions) -> list[DemoSit
 def _real_site(folder: Path, site_dir: Path, options: RealDataOptions) -> DemoSite:
     table_path = folder / options.phenotypes
     table = pd.read_csv(table_path, dtype=str)
-    for column in (options.subject_column, options.dx_column, options.age_column,
-                   options.sex_column, options.fd_column):
+    for column in (
+        options.subject_column,
+        options.dx_column,
+        options.age_column,
+        options.sex_column,
+        options.fd_column,
+    ):
         if column is not None and column not in table.columns:
             raise DemoError(f"{table_path}: no column {column!r}")
     site_dir.mkdir(parents=True)
@@ -306,8 +344,9 @@ def _real_site(folder: Path, site_dir: Path, options: RealDataOptions) -> DemoSi
     if options.max_subjects is not None:
         # A subset: the site's own table restricted to a few subjects per group, and
         # links to their files (the agent refuses files without a table row).
-        table = (table.groupby(options.dx_column, group_keys=False)
-                 .apply(lambda g: g.head(options.max_subjects)))
+        table = table.groupby(options.dx_column, group_keys=False).apply(
+            lambda g: g.head(options.max_subjects)
+        )
         (site_dir / "timeseries").mkdir()
         for subject in table[options.subject_column]:
             source = Path(pattern.replace("{subject_id}", subject))
@@ -317,21 +356,33 @@ def _real_site(folder: Path, site_dir: Path, options: RealDataOptions) -> DemoSi
         table_path = site_dir / options.phenotypes
         table.to_csv(table_path, index=False)
         pattern = str(site_dir / "timeseries" / options.pattern)
-    columns = {options.subject_column: "subject_id", options.dx_column: "dx",
-               options.age_column: "age", options.sex_column: "sex"}
+    columns = {
+        options.subject_column: "subject_id",
+        options.dx_column: "dx",
+        options.age_column: "age",
+        options.sex_column: "sex",
+    }
     if options.fd_column:
         columns[options.fd_column] = "mean_fd"
     data_config = {
         "phenotypes": {
-            "path": str(table_path), "dx_case": options.dx_case,
-            "dx_control": options.dx_control, "columns": columns,
+            "path": str(table_path),
+            "dx_case": options.dx_case,
+            "dx_control": options.dx_control,
+            "columns": columns,
             "values": {"dx": dict(options.dx_values), "sex": dict(options.sex_values)},
         },
         "connectivity": [{"atlas": options.atlas, "source": "timeseries", "pattern": pattern}],
         "motion": {"source": "phenotype" if options.fd_column else "none"},
     }
-    return DemoSite(folder.name, f"{folder.name} ({folder})", site_dir,
-                    site_dir / "site.toml", data_config, n_subjects=len(table))
+    return DemoSite(
+        folder.name,
+        f"{folder.name} ({folder})",
+        site_dir,
+        site_dir / "site.toml",
+        data_config,
+        n_subjects=len(table),
+    )
 
 
 def _init_site(site: DemoSite, log: Path) -> None:
@@ -368,20 +419,27 @@ def _configure_site(site: DemoSite, token: str) -> None:
 def _register(site: DemoSite, url: str, admin_token: str) -> None:
     """Register the site's public key over the API (admin) and give it its token."""
     public_key = (site.directory / "keys" / "site_ed25519.pub.pem").read_text()
-    created = _api("POST", f"{url}/api/v1/sites", admin_token, f"registering site {site.site_id}",
-                   json={"id": site.site_id, "name": site.name, "public_key_pem": public_key})
+    created = _api(
+        "POST",
+        f"{url}/api/v1/sites",
+        admin_token,
+        f"registering site {site.site_id}",
+        json={"id": site.site_id, "name": site.name, "public_key_pem": public_key},
+    )
     _configure_site(site, created["token"])
 
 
 def _api(method: str, url: str, token: str, what: str, **kwargs: Any) -> dict[str, Any]:
     try:
-        response = httpx.request(method, url, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=120, **kwargs)
+        response = httpx.request(
+            method, url, headers={"Authorization": f"Bearer {token}"}, timeout=120, **kwargs
+        )
     except httpx.HTTPError as exc:
         raise DemoError(f"{what}: cannot reach the coordinator ({exc})") from exc
     if response.status_code >= 400:
-        raise DemoError(f"{what}: coordinator answered {response.status_code}: "
-                        f"{response.text[:300]}")
+        raise DemoError(
+            f"{what}: coordinator answered {response.status_code}: {response.text[:300]}"
+        )
     return response.json()
 
 
@@ -446,20 +504,25 @@ def run_demo(
     root = out / "coordinator"
     with _Stages(progress) as stages:
         # The coordinator initializes in its own process while the sites' files are made.
-        init = _start(confed_command("coord", "init", "--root", str(root),
-                                     "--min-per-group", str(min_per_group)),
-                      logs / "coord-init.log")
+        init = _start(
+            confed_command(
+                "coord", "init", "--root", str(root), "--min-per-group", str(min_per_group)
+            ),
+            logs / "coord-init.log",
+        )
         sim = None
         if data is None:
-            sites, sim = _simulate(out, n_sites, subjects_scale, effect_size, seed, stages)
+            sites, sim = _simulate(out, n_sites, subjects_scale, effect_size, seed, jobs, stages)
         else:
             with stages.stage("describe real site folders"):
                 sites = _real_sites(Path(data), out, real or RealDataOptions())
         with CoordinatorServer(root, logs / "coord-serve.log") as server:
-            with stages.stage("site keys, coordinator start, registration",
-                              total=len(sites)) as advance:
-                admin = _token_of(_finish(init, logs / "coord-init.log", "confed coord init"),
-                                  "confed coord init")
+            with stages.stage(
+                "site keys, coordinator start, registration", total=len(sites)
+            ) as advance:
+                admin = _token_of(
+                    _finish(init, logs / "coord-init.log", "confed coord init"), "confed coord init"
+                )
                 server.start()
                 for site in sites:
                     _init_site(site, logs / f"{site.site_id}-init.log")
@@ -469,40 +532,67 @@ def run_demo(
                     advance()
             _sites_run(sites, server.url, logs, jobs, stages)
             with stages.stage("create release"):
-                release = _api("POST", f"{server.url}/api/v1/releases", admin,
-                               "creating the release", json={"name": RELEASE})
+                release = _api(
+                    "POST",
+                    f"{server.url}/api/v1/releases",
+                    admin,
+                    "creating the release",
+                    json={"name": RELEASE},
+                )
             summary["release"] = {"name": release["name"], "hash": release.get("release_hash")}
         analyses = _analyses(out, root, sim is not None, voxels, min_per_group, seed, stages)
         with stages.stage("render report"):
             from consortium.report import render_report
 
-            title = ("confed demo: simulated consortium" if sim is not None
-                     else f"confed demo: real data from {data}")
+            title = (
+                "confed demo: simulated consortium"
+                if sim is not None
+                else f"confed demo: real data from {data}"
+            )
             report = render_report(list(analyses.values()), out / "report.html", title=title)
-    summary.update(_summarize(out, sites, analyses, sim, stages.timings,
-                              time.perf_counter() - wall, report))
+    summary.update(
+        _summarize(out, sites, analyses, sim, stages.timings, time.perf_counter() - wall, report)
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return DemoResult(out=out, report=report, summary=summary)
 
 
-def _sites_run(sites: list[DemoSite], url: str, logs: Path, jobs: int,
-               stages: _Stages) -> None:
+def _sites_run(sites: list[DemoSite], url: str, logs: Path, jobs: int, stages: _Stages) -> None:
     """Every site computes its bundle and submits it, each in its own process."""
     with stages.stage("sites compute and submit", total=len(sites)) as advance:
-        _run_all([(s.site_id, [sys.executable, "-m", "consortium.demo", "site",
-                               str(s.config), str(s.bundle), url,
-                               str(s.directory / "keys" / "coordinator.token")],
-                   logs / f"{s.site_id}-compute-submit.log") for s in sites],
-                 "confed site compute + submit", jobs, advance)
+        _run_all(
+            [
+                (
+                    s.site_id,
+                    [
+                        sys.executable,
+                        "-m",
+                        "consortium.demo",
+                        "site",
+                        str(s.config),
+                        str(s.bundle),
+                        url,
+                        str(s.directory / "keys" / "coordinator.token"),
+                    ],
+                    logs / f"{s.site_id}-compute-submit.log",
+                )
+                # Largest sites first, so that the last one to finish is a small one.
+                for s in sorted(sites, key=lambda s: -s.n_subjects)
+            ],
+            "confed site compute + submit",
+            jobs,
+            advance,
+        )
 
 
 def site_main(config: str, bundle: str, url: str, token_file: str) -> int:
     """What one hospital runs: ``confed site compute`` then ``confed site submit``."""
     from consortium.cli.main import app
 
-    steps = (["site", "compute", "--config", config, "--out", bundle, "--quiet"],
-             ["site", "submit", bundle, "--config", config, "--url", url,
-              "--token-file", token_file])
+    steps = (
+        ["site", "compute", "--config", config, "--out", bundle, "--quiet"],
+        ["site", "submit", bundle, "--config", config, "--url", url, "--token-file", token_file],
+    )
     for args in steps:
         print(f"$ confed {' '.join(args)}", flush=True)
         code = app(args, standalone_mode=False)
@@ -511,8 +601,15 @@ def site_main(config: str, bundle: str, url: str, token_file: str) -> int:
     return 0
 
 
-def _analyses(out: Path, root: Path, simulated: bool, voxels: bool, min_per_group: int,
-              seed: int, stages: _Stages) -> dict[str, Path]:
+def _analyses(
+    out: Path,
+    root: Path,
+    simulated: bool,
+    voxels: bool,
+    min_per_group: int,
+    seed: int,
+    stages: _Stages,
+) -> dict[str, Path]:
     from consortium.analysis.pipeline import run_analysis
     from consortium.releases import open_release
 
@@ -525,27 +622,42 @@ def _analyses(out: Path, root: Path, simulated: bool, voxels: bool, min_per_grou
     with stages.stage("analyses (" + ", ".join(kinds) + ")", total=len(kinds)) as advance:
         for kind in kinds:
             results[kind] = run_analysis(
-                dataset, kind, out / "analysis" / kind, harmonize="combat", atlas=atlas,
-                min_per_group=min_per_group, seed=seed, progress=False,
+                dataset,
+                kind,
+                out / "analysis" / kind,
+                harmonize="combat",
+                atlas=atlas,
+                min_per_group=min_per_group,
+                seed=seed,
+                progress=False,
                 metric=dataset.map_names[0] if kind == "voxels" else None,
             )
             advance()
     return results
 
 
-def _summarize(out: Path, sites: list[DemoSite], analyses: dict[str, Path],
-               sim: ConsortiumSimulator | None, timings: dict[str, float], wall: float,
-               report: Path) -> dict[str, Any]:
+def _summarize(
+    out: Path,
+    sites: list[DemoSite],
+    analyses: dict[str, Path],
+    sim: ConsortiumSimulator | None,
+    timings: dict[str, float],
+    wall: float,
+    report: Path,
+) -> dict[str, Any]:
     first = json.loads((next(iter(analyses.values())) / "results.json").read_text())
     summary: dict[str, Any] = {
         "sites": len(sites),
         "subjects_in_site_files": sum(s.n_subjects for s in sites),
         "qc_excluded": first["qc"]["n_excluded"],
         "qc_by_site_reason": first["qc"]["by_site_reason"],
-        "analysed": {"n": first["design"]["n"], "n_case": first["design"]["n_case"],
-                     "n_control": first["design"]["n_control"],
-                     "sites": len(first["design"]["sites"]),
-                     "sites_excluded": first["design"]["sites_excluded"]},
+        "analysed": {
+            "n": first["design"]["n"],
+            "n_case": first["design"]["n_case"],
+            "n_control": first["design"]["n_control"],
+            "sites": len(first["design"]["sites"]),
+            "sites_excluded": first["design"]["sites_excluded"],
+        },
         "timings_s": timings,
         "total_s": round(wall, 1),
         "report": str(report),
@@ -568,8 +680,9 @@ def _summarize(out: Path, sites: list[DemoSite], analyses: dict[str, Path],
         summary["seed"] = sim.seed
     if "edges" in analyses:
         edges = json.loads((analyses["edges"] / "results.json").read_text())
-        summary["edges"] = {k: v for k, v in edges.get("edges", {}).items()
-                            if isinstance(v, int | float | str)}
+        summary["edges"] = {
+            k: v for k, v in edges.get("edges", {}).items() if isinstance(v, int | float | str)
+        }
     return summary
 
 
@@ -588,16 +701,25 @@ def format_summary(summary: dict[str, Any]) -> str:
         for harm, r in summary["dmn"].items():
             verdict = ""
             if "planted_within_ci" in r:
-                verdict = ("  planted value inside CI" if r["planted_within_ci"]
-                           else "  planted value OUTSIDE CI")
-            lines.append(f"recovered (mixed model, {'ComBat' if harm == 'combat' else 'no ComBat'}"
-                         f"): d = {r['d']:+.3f}  95% CI [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"
-                         f"  p = {r['p']:.2g}{verdict}")
+                verdict = (
+                    "  planted value inside CI"
+                    if r["planted_within_ci"]
+                    else "  planted value OUTSIDE CI"
+                )
+            lines.append(
+                f"recovered (mixed model, {'ComBat' if harm == 'combat' else 'no ComBat'}"
+                f"): d = {r['d']:+.3f}  95% CI [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"
+                f"  p = {r['p']:.2g}{verdict}"
+            )
         m = summary["meta_analysis"]
-        lines.append(f"site meta-analysis (k = {m['k']}): g = {m['estimate']:+.3f}  "
-                     f"95% CI [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]")
-    lines.append("time per stage: " + ", ".join(
-        f"{name} {secs:.1f} s" for name, secs in summary["timings_s"].items()))
+        lines.append(
+            f"site meta-analysis (k = {m['k']}): g = {m['estimate']:+.3f}  "
+            f"95% CI [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]"
+        )
+    lines.append(
+        "time per stage: "
+        + ", ".join(f"{name} {secs:.1f} s" for name, secs in summary["timings_s"].items())
+    )
     lines.append(f"total: {summary['total_s']:.1f} s")
     lines.append(f"report: {summary['report']}")
     return "\n".join(lines)

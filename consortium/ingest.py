@@ -371,14 +371,11 @@ def _commit(
     actor: str,
     bundle,
     manifest: dict,
-    staged: list[StagedObject],
+    rel: dict[str, StagedObject],
     group_counts: dict[str, int],
     size: int,
 ) -> IngestResult:
     flags = group_flags(group_counts, coord.settings.min_per_group)
-    rel = {}
-    for path, s in zip(sorted(bundle.files) + _unlisted(bundle), staged, strict=True):
-        rel[path] = s
     try:
         with coord.db.session() as session:
             # Lock the site row so two bundles of one site cannot both become current.
@@ -386,7 +383,7 @@ def _commit(
             existing = _existing(session, bundle.bundle_hash, site_id)
             if existing is not None:
                 raise _Duplicate(existing.id)
-            _insert_objects(session, staged)
+            _insert_objects(session, list(rel.values()))
             sub = Submission(
                 site_id=site_id,
                 bundle_hash=bundle.bundle_hash,
@@ -500,13 +497,14 @@ def ingest_archive(
             group_counts = check_values(bundle)
         except BundleError as exc:
             raise _rejected("bad_bundle", f"{name}: {exc}") from exc
-        for path in sorted(bundle.files) + _unlisted(bundle):
-            expected = bundle.files.get(path)
-            staged.append(coord.store.stage(bundle_dir / path, expected))
+        paths = sorted(bundle.files) + _unlisted(bundle)
+        for path in paths:
+            staged.append(coord.store.adopt(bundle_dir / path, bundle.files.get(path)))
         _pause_for_tests(coord)
         for s in staged:
             coord.store.commit(s)
-        result = _commit(coord, site_id, actor, bundle, manifest, staged, group_counts, size)
+        rel = dict(zip(paths, staged, strict=True))
+        result = _commit(coord, site_id, actor, bundle, manifest, rel, group_counts, size)
         coord.store.view(
             bundle_hash, {f.path: f.sha256 for f in _files(coord, result.submission.id)}
         )

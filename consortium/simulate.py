@@ -76,9 +76,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -266,8 +267,12 @@ _STYLES = (
     # DPARSF-like spreadsheet codes: Dx 1 / -1, Sex 1 = male / 2 = female.
     dict(
         columns={
-            "subject_id": "ID", "dx": "Dx", "age": "Age", "sex": "Sex",
-            "education_years": "Edu", "mean_fd": "MeanFD_Jenkinson",
+            "subject_id": "ID",
+            "dx": "Dx",
+            "age": "Age",
+            "sex": "Sex",
+            "education_years": "Edu",
+            "mean_fd": "MeanFD_Jenkinson",
         },
         dx_codes={"MDD": 1, "HC": -1},
         sex_codes={"M": 1, "F": 2},
@@ -276,8 +281,12 @@ _STYLES = (
     # BIDS participants.tsv.
     dict(
         columns={
-            "subject_id": "participant_id", "dx": "diagnosis", "age": "age", "sex": "sex",
-            "education_years": "education", "mean_fd": "fd_mean",
+            "subject_id": "participant_id",
+            "dx": "diagnosis",
+            "age": "age",
+            "sex": "sex",
+            "education_years": "education",
+            "mean_fd": "fd_mean",
         },
         dx_codes={"MDD": "patient", "HC": "control"},
         sex_codes={"M": "male", "F": "female"},
@@ -286,8 +295,12 @@ _STYLES = (
     # A clinical research database export.
     dict(
         columns={
-            "subject_id": "subj", "dx": "group", "age": "age_years", "sex": "gender",
-            "education_years": "years_of_schooling", "mean_fd": "motion_fd",
+            "subject_id": "subj",
+            "dx": "group",
+            "age": "age_years",
+            "sex": "gender",
+            "education_years": "years_of_schooling",
+            "mean_fd": "motion_fd",
         },
         dx_codes={"MDD": 2, "HC": 1},
         sex_codes={"M": "m", "F": "f"},
@@ -424,9 +437,12 @@ class ConsortiumSimulator:
                 n = max(3, int(round(row["n"] * self.subjects_scale)))
                 frames.append(_draw_group(rng, row, n, site_id))
         design = pd.concat(frames, ignore_index=True)
-        design["subject_id"] = [f"{s}{i:04d}" for s, i in zip(
-            design["site_id"], design.groupby("site_id").cumcount() + 1, strict=True
-        )]
+        design["subject_id"] = [
+            f"{s}{i:04d}"
+            for s, i in zip(
+                design["site_id"], design.groupby("site_id").cumcount() + 1, strict=True
+            )
+        ]
         self.design_ = design
         return design
 
@@ -449,8 +465,13 @@ class ConsortiumSimulator:
         effects["multiplicative"] /= np.sqrt(mean_square)
         return effects
 
-    def latent_z(self, design: pd.DataFrame, rng: np.random.Generator,
-                 site_effects: pd.DataFrame | None, shift: float) -> np.ndarray:
+    def latent_z(
+        self,
+        design: pd.DataFrame,
+        rng: np.random.Generator,
+        site_effects: pd.DataFrame | None,
+        shift: float,
+    ) -> np.ndarray:
         """Subjects x networks within-network Fisher z (see the module docstring)."""
         m = self.model
         n = len(design)
@@ -471,8 +492,9 @@ class ConsortiumSimulator:
 
     # -- time series
 
-    def timeseries(self, z: np.ndarray, mean_fd: np.ndarray,
-                   rng: np.random.Generator) -> np.ndarray:
+    def timeseries(
+        self, z: np.ndarray, mean_fd: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         """Draw subjects x volumes x ROIs time series for latent z and motion."""
         m = self.model
         n, t = len(z), m.n_volumes
@@ -503,8 +525,11 @@ class ConsortiumSimulator:
         weights = pooled["n"] / pooled["n"].sum()
         counts = rng.multinomial(n_pilot, weights.to_numpy())
         pilot = pd.concat(
-            [_draw_group(rng, row, int(k), "P") for (_, row), k in
-             zip(pooled.iterrows(), counts, strict=True) if k > 0],
+            [
+                _draw_group(rng, row, int(k), "P")
+                for (_, row), k in zip(pooled.iterrows(), counts, strict=True)
+                if k > 0
+            ],
             ignore_index=True,
         )
         pilot["dx"] = "MDD"  # every pilot subject gets the probe shift in the second draw
@@ -516,10 +541,15 @@ class ConsortiumSimulator:
             series = self.timeseries(z, pilot["mean_fd"].to_numpy(), draw)
             outcome.append(mean_dmn_fc(series, self.atlas_.dmn))
         kappa = float(np.mean(outcome[1] - outcome[0]) / probe)
-        covars = np.column_stack([
-            np.ones(len(pilot)), pilot["age"], pilot["sex"] == "F",
-            pilot["education_years"], pilot["mean_fd"],
-        ]).astype(float)
+        covars = np.column_stack(
+            [
+                np.ones(len(pilot)),
+                pilot["age"],
+                pilot["sex"] == "F",
+                pilot["education_years"],
+                pilot["mean_fd"],
+            ]
+        ).astype(float)
         beta, *_ = np.linalg.lstsq(covars, outcome[0], rcond=None)
         resid = outcome[0] - covars @ beta
         sigma = float(np.sqrt(resid @ resid / (len(pilot) - covars.shape[1])))
@@ -530,7 +560,7 @@ class ConsortiumSimulator:
 
     # -- writing files
 
-    def write(self, out_dir: str | Path, progress=None) -> list[SimulatedSite]:
+    def write(self, out_dir: str | Path, progress=None, n_jobs: int = 1) -> list[SimulatedSite]:
         """Write every site's files under ``out_dir/<site_id>/``.
 
         Parameters
@@ -539,6 +569,9 @@ class ConsortiumSimulator:
             Created if needed; must not already hold a site folder.
         progress : callable or None
             Called as ``progress(site_id, n_subjects)`` after each site.
+        n_jobs : int
+            Sites written at once in worker processes. Every site draws from its
+            own seeded generator, so the files do not depend on ``n_jobs``.
 
         Returns
         -------
@@ -549,23 +582,38 @@ class ConsortiumSimulator:
             self.simulate_design()
         if not hasattr(self, "calibration_"):
             self.calibrate()
-        effects = self.site_effects()
-        self.site_effects_ = effects
-        grid = map_grid(self.voxel_size)
-        sites = []
-        for index, site_id in enumerate(sorted(self.design_["site_id"].unique())):
-            site_dir = out_dir / site_id
-            if site_dir.exists():
-                raise SimulationError(f"{site_dir} already exists; choose an empty folder")
-            design = self.design_[self.design_["site_id"] == site_id].reset_index(drop=True)
-            sites.append(self._write_site(index, site_id, site_dir, design, effects, grid))
-            if progress is not None:
-                progress(site_id, len(design))
-        truth = pd.concat([s.subjects for s in sites], ignore_index=True)
-        truth.to_csv(out_dir / "simulation_truth.csv", index=False)
-        return sites
+        self.site_effects_ = self.site_effects()
+        site_ids = sorted(self.design_["site_id"].unique())
+        for site_id in site_ids:
+            if (out_dir / site_id).exists():
+                raise SimulationError(f"{out_dir / site_id} already exists; choose an empty folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        jobs = [(index, site_id, out_dir / site_id) for index, site_id in enumerate(site_ids)]
+        sites: dict[str, SimulatedSite] = {}
+        if n_jobs > 1:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    def _write_site(self, index, site_id, site_dir, design, effects, grid) -> SimulatedSite:
+            with ProcessPoolExecutor(max_workers=n_jobs) as pool:
+                futures = [pool.submit(self._write_site, *job) for job in jobs]
+                for future in as_completed(futures):
+                    site = future.result()
+                    sites[site.site_id] = site
+                    if progress is not None:
+                        progress(site.site_id, len(site.subjects))
+        else:
+            for job in jobs:
+                site = self._write_site(*job)
+                sites[site.site_id] = site
+                if progress is not None:
+                    progress(site.site_id, len(site.subjects))
+        ordered = [sites[site_id] for site_id in site_ids]
+        truth = pd.concat([s.subjects for s in ordered], ignore_index=True)
+        truth.to_csv(out_dir / "simulation_truth.csv", index=False)
+        return ordered
+
+    def _write_site(self, index: int, site_id: str, site_dir: Path) -> SimulatedSite:
+        design = self.design_[self.design_["site_id"] == site_id].reset_index(drop=True)
+        effects, grid = self.site_effects_, map_grid(self.voxel_size)
         style = site_style(index)
         rng = self._rng(3, int(site_id[1:]))
         z = self.latent_z(design, rng, effects, self.calibration_.shift)
@@ -575,6 +623,37 @@ class ConsortiumSimulator:
         )
         ts_dir, maps_dir = site_dir / "timeseries", site_dir / "maps"
         tmp = site_dir.with_name(site_dir.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self._write_site_files(tmp, site_id, design, z, style, effects, grid, rng)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        tmp.rename(site_dir)
+        data_config = site_data_config(style)
+        return SimulatedSite(
+            site_id=site_id,
+            directory=site_dir,
+            style=style,
+            phenotype_file=site_dir / f"participants.{style.phenotype_format}",
+            timeseries_dir=ts_dir,
+            maps_dir=maps_dir,
+            mask_file=maps_dir / "mask.nii.gz",
+            data_config=data_config,
+            subjects=design,
+        )
+
+    def _write_site_files(
+        self,
+        tmp: Path,
+        site_id: str,
+        design: pd.DataFrame,
+        z: np.ndarray,
+        style: SiteStyle,
+        effects: pd.DataFrame,
+        grid: MapGrid,
+        rng: np.random.Generator,
+    ) -> None:
         for folder in (tmp / "timeseries", tmp / "maps"):
             folder.mkdir(parents=True, exist_ok=True)
         gain = effects.loc[site_id, "scanner_gain"]
@@ -583,22 +662,25 @@ class ConsortiumSimulator:
             series = self.timeseries(z[start : start + 64], chunk["mean_fd"].to_numpy(), rng)
             offsets = rng.uniform(200, 800, size=(1, self.atlas_.n_rois))
             for file_id, ts in zip(chunk["file_id"], series, strict=True):
-                _write_timeseries(tmp / "timeseries", file_id, gain * 10 * ts + offsets,
-                                  style.timeseries_format, self.atlas_)
+                _write_timeseries(
+                    tmp / "timeseries",
+                    file_id,
+                    gain * 10 * ts + offsets,
+                    style.timeseries_format,
+                    self.atlas_,
+                )
         self._write_maps(tmp / "maps", design, effects.loc[site_id], grid, rng)
         phenotype = tmp / f"participants.{style.phenotype_format}"
         _write_phenotypes(phenotype, design, style)
-        tmp.rename(site_dir)
-        data_config = site_data_config(style)
-        return SimulatedSite(
-            site_id=site_id, directory=site_dir, style=style,
-            phenotype_file=site_dir / phenotype.name, timeseries_dir=ts_dir,
-            maps_dir=maps_dir, mask_file=maps_dir / "mask.nii.gz",
-            data_config=data_config, subjects=design,
-        )
 
-    def _write_maps(self, folder: Path, design: pd.DataFrame, effects: pd.Series,
-                    grid: MapGrid, rng: np.random.Generator) -> None:
+    def _write_maps(
+        self,
+        folder: Path,
+        design: pd.DataFrame,
+        effects: pd.Series,
+        grid: MapGrid,
+        rng: np.random.Generator,
+    ) -> None:
         n = len(design)
         noise = rng.standard_normal((n, *grid.shape)).astype(np.float32)
         noise = ndimage.gaussian_filter(noise, sigma=(0, 1, 1, 1))
@@ -615,10 +697,11 @@ class ConsortiumSimulator:
         maps *= effects["scanner_gain"]
         maps[:, ~grid.mask] = 0
         for file_id, volume in zip(design["file_id"], maps, strict=True):
-            nib.save(nib.Nifti1Image(volume.astype(np.float32), grid.affine),
-                     folder / f"{file_id}_alff.nii.gz")
-        nib.save(nib.Nifti1Image(grid.mask.astype(np.uint8), grid.affine),
-                 folder / "mask.nii.gz")
+            nib.save(
+                nib.Nifti1Image(volume.astype(np.float32), grid.affine),
+                folder / f"{file_id}_alff.nii.gz",
+            )
+        nib.save(nib.Nifti1Image(grid.mask.astype(np.uint8), grid.affine), folder / "mask.nii.gz")
 
 
 def site_data_config(style: SiteStyle) -> dict:
@@ -649,8 +732,13 @@ def site_data_config(style: SiteStyle) -> dict:
         "connectivity": [connectivity],
         "motion": {"source": "phenotype", "definition": "jenkinson"},
         "qc": {"max_mean_fd": 0.2, "min_volumes": 50},
-        "maps": [{"metric": "alff", "pattern": "maps/{subject_id}_alff.nii.gz",
-                  "mask": "maps/mask.nii.gz"}],
+        "maps": [
+            {
+                "metric": "alff",
+                "pattern": "maps/{subject_id}_alff.nii.gz",
+                "mask": "maps/mask.nii.gz",
+            }
+        ],
     }
 
 
@@ -679,8 +767,11 @@ def write_site_config(site: SimulatedSite, path: str | Path | None = None) -> Pa
 
 def to_toml(data: dict, prefix: str = "") -> str:
     """Serialize nested dicts of strings/numbers (and lists of tables) as TOML."""
-    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items()
-             if not isinstance(v, dict) and not _is_table_list(v)]
+    lines = [
+        f"{_toml_key(k)} = {_toml_value(v)}"
+        for k, v in data.items()
+        if not isinstance(v, dict) and not _is_table_list(v)
+    ]
     for key, value in data.items():
         name = f"{prefix}{_toml_key(key)}"
         if isinstance(value, dict):
@@ -730,32 +821,38 @@ def mean_dmn_fc(series: np.ndarray, dmn: np.ndarray) -> np.ndarray:
 
 
 def _draw_group(rng: np.random.Generator, row: pd.Series, n: int, site_id: str) -> pd.DataFrame:
-    age = np.clip(rng.normal(row["age_mean"], max(row["age_sd"], 1.0), n),
-                  row["age_min"], row["age_max"])
-    edu = np.clip(np.round(rng.normal(row["edu_mean"], max(row["edu_sd"], 0.5), n)),
-                  row["edu_min"], row["edu_max"])
+    age = np.clip(
+        rng.normal(row["age_mean"], max(row["age_sd"], 1.0), n), row["age_min"], row["age_max"]
+    )
+    edu = np.clip(
+        np.round(rng.normal(row["edu_mean"], max(row["edu_sd"], 0.5), n)),
+        row["edu_min"],
+        row["edu_max"],
+    )
     mean, sd = row["motion_mean"], row["motion_sd"]
     s2 = np.log1p((sd / mean) ** 2)
     fd = rng.lognormal(np.log(mean) - s2 / 2, np.sqrt(s2), n)
     female = rng.random(n) < row["female_prop"]
-    return pd.DataFrame({
-        "site_id": site_id,
-        "dx": row["group"],
-        "age": np.round(age, 1),
-        "sex": np.where(female, "F", "M"),
-        "education_years": edu,
-        "mean_fd": np.round(fd, 5),
-    })
+    return pd.DataFrame(
+        {
+            "site_id": site_id,
+            "dx": row["group"],
+            "age": np.round(age, 1),
+            "sex": np.where(female, "F", "M"),
+            "education_years": edu,
+            "mean_fd": np.round(fd, 5),
+        }
+    )
 
 
-def _write_timeseries(folder: Path, file_id: str, ts: np.ndarray, fmt: str,
-                      atlas: Atlas) -> None:
+def _write_timeseries(folder: Path, file_id: str, ts: np.ndarray, fmt: str, atlas: Atlas) -> None:
     if fmt == "mat":
         # Single precision keeps the demo small; the other atlases' columns are zero.
         wide = np.zeros((ts.shape[0], DPARSF_WIDTH), dtype=np.float32)
         wide[:, DPARSF_COLUMNS[0] - 1 : DPARSF_COLUMNS[1]] = ts
-        scipy.io.savemat(folder / f"ROISignals_{file_id}.mat", {"ROISignals": wide},
-                         do_compression=True)
+        scipy.io.savemat(
+            folder / f"ROISignals_{file_id}.mat", {"ROISignals": wide}, do_compression=True
+        )
         return
     if fmt == "tsv":
         header, comments = "\t".join(atlas.labels), ""
@@ -766,20 +863,22 @@ def _write_timeseries(folder: Path, file_id: str, ts: np.ndarray, fmt: str,
     buffer = io.BytesIO()
     np.savetxt(buffer, ts, fmt="%.4f", delimiter="\t", header=header, comments=comments)
     if fmt.endswith(".gz"):
-        path.write_bytes(gzip.compress(buffer.getvalue(), compresslevel=3))
+        path.write_bytes(gzip.compress(buffer.getvalue(), compresslevel=3, mtime=0))
     else:
         path.write_bytes(buffer.getvalue())
 
 
 def _write_phenotypes(path: Path, design: pd.DataFrame, style: SiteStyle) -> None:
-    table = pd.DataFrame({
-        style.columns["subject_id"]: design["file_id"],
-        style.columns["dx"]: design["dx"].map(style.dx_codes),
-        style.columns["age"]: design["age"],
-        style.columns["sex"]: design["sex"].map(style.sex_codes),
-        style.columns["education_years"]: design["education_years"],
-        style.columns["mean_fd"]: design["mean_fd"],
-    })
+    table = pd.DataFrame(
+        {
+            style.columns["subject_id"]: design["file_id"],
+            style.columns["dx"]: design["dx"].map(style.dx_codes),
+            style.columns["age"]: design["age"],
+            style.columns["sex"]: design["sex"].map(style.sex_codes),
+            style.columns["education_years"]: design["education_years"],
+            style.columns["mean_fd"]: design["mean_fd"],
+        }
+    )
     if style.phenotype_format == "xlsx":
         table.to_excel(path, index=False, sheet_name="participants")
     else:
@@ -806,6 +905,7 @@ class MapGrid:
         return (dist <= radius_mm).reshape(self.shape) & self.mask
 
 
+@lru_cache(maxsize=4)
 def map_grid(voxel_size: int = 8) -> MapGrid:
     """The MNI152 brain mask and grey-matter template shipped with nilearn, at ``voxel_size``."""
     from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_template
@@ -827,8 +927,9 @@ def simulate_consortium(
 ) -> tuple[ConsortiumSimulator, list[SimulatedSite]]:
     """Simulate a consortium and write every site's files (see :class:`ConsortiumSimulator`)."""
     model = replace(SignalModel(), effect_size=effect_size, n_volumes=n_volumes)
-    sim = ConsortiumSimulator(n_sites=n_sites, subjects_scale=subjects_scale, model=model,
-                              seed=seed)
+    sim = ConsortiumSimulator(
+        n_sites=n_sites, subjects_scale=subjects_scale, model=model, seed=seed
+    )
     sim.simulate_design()
     sim.calibrate()
     return sim, sim.write(out_dir, progress=progress)

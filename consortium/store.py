@@ -102,6 +102,26 @@ class ObjectStore:
             )
         return StagedObject(digest, size, tmp)
 
+    def adopt(self, path: Path, expected_sha256: str | None = None) -> StagedObject:
+        """Stage a file already written under ``tmp/`` without copying it.
+
+        The file is fsynced and re-hashed from disk; it is renamed into the store
+        by :meth:`commit` (same file system, so the rename is atomic).
+        """
+        path = Path(path)
+        if self.tmp_dir.resolve() not in path.resolve().parents:
+            raise ValueError(f"{path}: only files under {self.tmp_dir} can be adopted")
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = sha256_file(path)
+        if expected_sha256 and digest != expected_sha256:
+            raise ConfedError(
+                "checksum_mismatch",
+                f"{path.name}: checksum {digest} does not match expected {expected_sha256}",
+                422,
+            )
+        return StagedObject(digest, path.stat().st_size, path)
+
     def commit(self, staged: StagedObject) -> Path:
         """Rename a staged object into place (a no-op if an identical one exists)."""
         dest = self.path(staged.sha256)

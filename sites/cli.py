@@ -158,3 +158,7 @@ from sites.client import status_command, submit_command  # noqa: E402
 
 app.command("submit")(submit_command)
 app.command("status")(status_command)
+
+from sites.proposals_client import proposals_command  # noqa: E402
+
+app.command("proposals")(proposals_command)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -100,6 +100,8 @@ class SiteConfig(_Model):
     motion: MotionConfig = Field(default_factory=MotionConfig)
     qc: QCConfig = Field(default_factory=QCConfig)
     maps: list[MapConfig] = Field(default_factory=list)
+    # [coordinator] (url, token_file) is read by sites.client for `confed site submit`.
+    coordinator: dict[str, Any] | None = None
 
     def resolve(self, path: Path | str) -> Path:
         path = Path(path).expanduser()

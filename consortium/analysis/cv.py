@@ -26,8 +26,6 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import (
@@ -84,8 +82,7 @@ def outer_splits(
         smallest = int(np.bincount(y.astype(int)).min())
         if smallest < n_folds:
             raise ValueError(
-                f"{scheme}: the smaller class has {smallest} subjects, fewer than "
-                f"{n_folds} folds"
+                f"{scheme}: the smaller class has {smallest} subjects, fewer than {n_folds} folds"
             )
         splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(y, y)
     else:
@@ -93,15 +90,24 @@ def outer_splits(
     return [(np.asarray(tr), np.asarray(te)) for tr, te in splitter]
 
 
-def inner_splits(sites: np.ndarray, n_folds: int) -> Iterator[Split]:
-    """Site-grouped folds inside a training set (for choosing hyperparameters)."""
+def inner_splits(sites: np.ndarray, n_folds: int, min_train_sites: int = 1) -> list[Split]:
+    """Site-grouped folds inside a training set (for choosing hyperparameters).
+
+    ``n_folds`` is raised (up to one fold per site) until every inner training
+    set holds at least ``min_train_sites`` sites (ComBat needs two).
+    """
     sites = np.asarray(sites)
-    k = min(n_folds, len(np.unique(sites)))
-    if k < 2:
+    n_sites = len(np.unique(sites))
+    if n_sites < min_train_sites + 1 or n_sites < 2:
         raise ValueError(
-            f"nested cross-validation needs at least 2 training sites, got {np.unique(sites)}"
+            f"nested cross-validation needs at least {max(min_train_sites + 1, 2)} training "
+            f"sites, got {sorted(np.unique(sites).tolist())}"
         )
-    yield from GroupKFold(k).split(sites, groups=sites)
+    for k in range(min(n_folds, n_sites), n_sites + 1):
+        splits = list(GroupKFold(k).split(sites, groups=sites))
+        if all(len(np.unique(sites[tr])) >= min_train_sites for tr, _ in splits):
+            break
+    return [(np.asarray(tr), np.asarray(va)) for tr, va in splits]
 
 
 def _need_sites(n_sites: int, minimum: int, scheme: str) -> None:
@@ -136,9 +142,7 @@ def classification_metrics(
     }
 
 
-def permute_within_site(
-    y: np.ndarray, sites: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def permute_within_site(y: np.ndarray, sites: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Labels shuffled among the subjects of each site (site case rates kept).
 
     Under the null hypothesis the labels are exchangeable only within a site:

@@ -145,7 +145,9 @@ def _snap_to_boundary(
     return u, f
 
 
-def _optimize(cp: CrossProducts, q: int, reml: bool, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def _optimize(
+    cp: CrossProducts, q: int, reml: bool, max_iter: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
     """Minimise the profiled deviance of every feature; returns ``s`` (F, q) and convergence."""
     u = _grid_start(cp, q, reml)
     f = _deviance_u(u, cp, reml)
@@ -254,7 +256,11 @@ def mass_mixed_model(
     if _is_dask(Y):
         Yd = Y.rechunk({0: -1, 1: min(chunk_size, Y.shape[1])})
         packed = Yd.map_blocks(
-            _dask_block, design, reml, _check_block, dtype=float,
+            _dask_block,
+            design,
+            reml,
+            _check_block,
+            dtype=float,
             chunks=((n_out,), Yd.chunks[1]),
         ).compute()
     else:
@@ -302,8 +308,9 @@ def _unpack(
     bse = pd.DataFrame(packed[p : 2 * p].T, index=index, columns=names)
     tvalues = params / bse
     df_resid = design.nobs - p
-    pvalues = pd.DataFrame(2 * stats.t.sf(np.abs(tvalues.to_numpy()), df_resid),
-                           index=index, columns=names)
+    pvalues = pd.DataFrame(
+        2 * stats.t.sf(np.abs(tvalues.to_numpy()), df_resid), index=index, columns=names
+    )
     return MassMixedResult(
         params=params,
         bse=bse,

@@ -109,7 +109,8 @@ def _check_inputs(yi: Sequence[float], vi: Sequence[float]) -> tuple[np.ndarray,
     if bad.any():
         raise ValueError(f"non-finite yi/vi at positions {np.flatnonzero(bad).tolist()}")
     if (vi <= 0).any():
-        raise ValueError(f"sampling variances must be positive (positions {np.flatnonzero(vi <= 0).tolist()})")
+        where = np.flatnonzero(vi <= 0).tolist()
+        raise ValueError(f"sampling variances must be positive (positions {where})")
     return yi, vi
 
 
@@ -333,13 +334,24 @@ def site_effects(
         d = block[dx].to_numpy(dtype=float)
         n1 = int(np.sum(d > 0))
         n2 = int(np.sum(d <= 0))
-        row = {"site": label, "n_case": n1, "n_control": n2, "t": np.nan, "df": np.nan,
-               "yi": np.nan, "vi": np.nan, "included": False, "reason": ""}
+        row = {
+            "site": label,
+            "n_case": n1,
+            "n_control": n2,
+            "t": np.nan,
+            "df": np.nan,
+            "yi": np.nan,
+            "vi": np.nan,
+            "included": False,
+            "reason": "",
+        }
         if min(n1, n2) < min_per_group:
             row["reason"] = f"fewer than {min_per_group} per group (cases {n1}, controls {n2})"
             rows.append(row)
             continue
-        X = np.column_stack([np.ones(len(block)), d] + [block[c].to_numpy(float) for c in covariates])
+        X = np.column_stack(
+            [np.ones(len(block)), d] + [block[c].to_numpy(float) for c in covariates]
+        )
         y = block[outcome].to_numpy(dtype=float)
         if not np.isfinite(X).all() or not np.isfinite(y).all():
             raise ValueError(f"site {label!r}: missing values in {outcome!r}, {dx!r} or covariates")

@@ -93,11 +93,10 @@ def build_design(
     if group not in data.columns:
         raise KeyError(f"group column {group!r} not found in data")
     if data[group].isna().any():
-        raise ValueError(f"group column {group!r} has {int(data[group].isna().sum())} missing values")
+        n_missing = int(data[group].isna().sum())
+        raise ValueError(f"group column {group!r} has {n_missing} missing values")
     n = len(data)
-    X = np.column_stack(
-        [np.ones(n)] + [_numeric_column(data, name, "fixed") for name in fixed]
-    )
+    X = np.column_stack([np.ones(n)] + [_numeric_column(data, name, "fixed") for name in fixed])
     Z = np.column_stack(
         [np.ones(n)] + [_numeric_column(data, name, "random slope") for name in random_slopes]
     )

@@ -109,49 +109,51 @@ class Design:
         return sorted(self.data["site"].unique().tolist())
 
 
+# Names of the two sides of each contrast (the selection itself is
+# consortium.analysis.dmn.CONTRASTS).
+_GROUP_NAMES = {
+    "all": ("{case}", "{control}"),
+    "recurrent": ("recurrent {case}", "{control}"),
+    "fedn": ("first-episode drug-naive {case}", "{control}"),
+    "fedn_vs_recurrent": ("first-episode drug-naive {case}", "recurrent {case}"),
+}
+
+
 def _contrast_masks(
     subjects: pd.DataFrame, dx_labels: dict[str, str], contrast: str
 ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """Boolean masks of the 'case' and 'control' sides of a contrast, and their names."""
-    case_label, control_label = dx_labels["case"], dx_labels["control"]
-    dx = subjects["dx"].astype(str)
-    is_case = (dx == case_label).to_numpy()
-    is_control = (dx == control_label).to_numpy()
-    if contrast == "all":
-        return is_case, is_control, {"case": case_label, "control": control_label}
-    for column in ("episode",) + (("medication",) if "fedn" in contrast else ()):
-        if column not in subjects.columns or subjects.loc[is_case, column].isna().all():
-            raise AnalysisError(
-                f"contrast {contrast!r} needs the phenotype column {column!r}, "
-                "which no site provides for its cases"
-            )
-    episode = subjects["episode"].astype(str).to_numpy()
-    recurrent = is_case & (episode == "recurrent")
-    if contrast == "recurrent":
-        return recurrent, is_control, {
-            "case": f"recurrent {case_label}", "control": control_label,
-        }
-    medication = subjects["medication"].astype(str).to_numpy()
-    fedn = is_case & (episode == "first") & (medication == "naive")
-    if contrast == "fedn":
-        return fedn, is_control, {
-            "case": f"first-episode drug-naive {case_label}", "control": control_label,
-        }
-    return fedn, recurrent, {
-        "case": f"first-episode drug-naive {case_label}",
-        "control": f"recurrent {case_label}",
-    }
+    from consortium.analysis.dmn import contrast_sample
+
+    labels = {"case": dx_labels["case"], "control": dx_labels["control"]}
+    try:
+        sample = contrast_sample(subjects.reset_index(drop=True), contrast, **labels)
+    except KeyError as exc:
+        raise AnalysisError(f"contrast {contrast!r}: {exc.args[0]}") from exc
+    is_case = np.zeros(len(subjects), dtype=bool)
+    is_control = np.zeros(len(subjects), dtype=bool)
+    is_case[sample.index[sample["Dx"] > 0]] = True
+    is_control[sample.index[sample["Dx"] < 0]] = True
+    case_name, control_name = _GROUP_NAMES[contrast]
+    return (
+        is_case,
+        is_control,
+        {"case": case_name.format(**labels), "control": control_name.format(**labels)},
+    )
 
 
 def _encode_sex(values: pd.Series, sites: pd.Series) -> np.ndarray:
+    """Sex coded as in the published analysis (consortium.analysis.dmn.SEX_CODES)."""
+    from consortium.analysis.dmn import SEX_CODES
+
     sex = values.astype("string")
-    bad = sex.notna() & ~sex.isin(["M", "F"])
+    bad = sex.notna() & ~sex.isin(list(SEX_CODES))
     if bad.any():
         i = bad.to_numpy().nonzero()[0][0]
         raise AnalysisError(
-            f"site {sites.iloc[i]!r}: sex must be 'M' or 'F', found {sex.iloc[i]!r}"
+            f"site {sites.iloc[i]!r}: sex must be one of {sorted(SEX_CODES)}, found {sex.iloc[i]!r}"
         )
-    return np.where(sex.isna(), np.nan, (sex == "M").astype(float))
+    return sex.map(SEX_CODES).astype(float).to_numpy()
 
 
 def build_design(
@@ -202,10 +204,14 @@ def build_design(
         n_case = int(counts.loc[site].get(groups["case"], 0))
         n_control = int(counts.loc[site].get(groups["control"], 0))
         if min(n_case, n_control) < min_per_group:
-            sites_excluded.append({
-                "site": site, "n_case": n_case, "n_control": n_control,
-                "reason": f"fewer than {min_per_group} subjects in a group",
-            })
+            sites_excluded.append(
+                {
+                    "site": site,
+                    "n_case": n_case,
+                    "n_control": n_control,
+                    "reason": f"fewer than {min_per_group} subjects in a group",
+                }
+            )
             keep &= (frame["site"] != site).to_numpy()
     sample["included"] = ~sample["site"].isin([s["site"] for s in sites_excluded])
     rows = np.flatnonzero(keep)
@@ -214,8 +220,15 @@ def build_design(
         if len(data) and data[name].nunique() < 2:
             notes.append(f"covariate {name!r} is constant in the analysed subjects and was dropped")
             kept_covariates.remove(name)
-    design = Design(rows, data[["site", "dx", *kept_covariates]], kept_covariates, groups,
-                    sample, notes, sites_excluded)
+    design = Design(
+        rows,
+        data[["site", "dx", *kept_covariates]],
+        kept_covariates,
+        groups,
+        sample,
+        notes,
+        sites_excluded,
+    )
     if design.n_case == 0 or design.n_control == 0 or len(design.sites) < 2:
         raise AnalysisError(
             f"contrast {contrast!r} leaves {design.n_case} {groups['case']} and "
@@ -253,10 +266,20 @@ def _qc_table(dataset: Any) -> pd.DataFrame:
     qc = dataset.qc
     excluded = qc.loc[~qc["included"].astype(bool)]
     if excluded.empty:
-        return pd.DataFrame({"site": pd.Series(dtype=str), "reason": pd.Series(dtype=str),
-                             "n": pd.Series(dtype="int64")})
-    table = (excluded.assign(reason=excluded["reason"].fillna("unspecified").astype(str))
-             .groupby(["site", "reason"], sort=True).size().rename("n").reset_index())
+        return pd.DataFrame(
+            {
+                "site": pd.Series(dtype=str),
+                "reason": pd.Series(dtype=str),
+                "n": pd.Series(dtype="int64"),
+            }
+        )
+    table = (
+        excluded.assign(reason=excluded["reason"].fillna("unspecified").astype(str))
+        .groupby(["site", "reason"], sort=True)
+        .size()
+        .rename("n")
+        .reset_index()
+    )
     return table
 
 
@@ -317,66 +340,96 @@ def _d_and_ci(t: np.ndarray, n_case: int, n_control: int, df: float):
     return d_from_t(t, n_case, n_control, df)
 
 
-def _fit_dmn(y: np.ndarray, design: Design) -> dict[str, Any]:
-    """REST-meta-MDD mixed model on one outcome; ML, random site intercept and Dx slope."""
-    from scipy import stats
+def _fit_dmn(dataset: Any, y: np.ndarray, design: Design, contrast: str) -> dict[str, Any]:
+    """REST-meta-MDD mixed model on one outcome (consortium.analysis.dmn_model)."""
+    from consortium.analysis import dmn_model
 
-    from consortium.analysis import mixed_model
-
-    data = design.data.assign(y=np.asarray(y, dtype=float))
-    full = mixed_model(data, "y", design.fixed, "site", random_slopes=("dx",), reml=False)
-    reduced = mixed_model(data, "y", design.fixed, "site", random_slopes=(), reml=False)
-    t = float(full.tvalues["dx"])
-    d, ci_low, ci_high = _d_and_ci(t, design.n_case, design.n_control, float(full.df_resid))
-    lrt = max(0.0, 2.0 * (float(full.llf) - float(reduced.llf)))
-    table = pd.DataFrame({
-        "term": list(full.params.index),
-        "estimate": full.params.to_numpy(float),
-        "se": full.bse.to_numpy(float),
-        "t": full.tvalues.to_numpy(float),
-        "p": full.pvalues.to_numpy(float),
-    })
+    data = dataset.subjects.iloc[design.rows].reset_index(drop=True)
+    data = data.assign(y=np.asarray(y, dtype=float))
+    result = dmn_model(
+        data,
+        "y",
+        dataset.dx_labels["case"],
+        dataset.dx_labels["control"],
+        covariates=design.covariates,
+        site="site",
+        contrast=contrast,
+    )
+    if (result.n_case, result.n_control) != (design.n_case, design.n_control):
+        raise AnalysisError(
+            f"the DMN model used {result.n_case}/{result.n_control} subjects, the design "
+            f"{design.n_case}/{design.n_control}"
+        )
+    fit = result.fit
+    table = pd.DataFrame(
+        {
+            "term": ["dx" if term == "Dx" else term for term in fit.params.index],
+            "estimate": fit.params.to_numpy(float),
+            "se": fit.bse.to_numpy(float),
+            "t": fit.tvalues.to_numpy(float),
+            "p": fit.pvalues.to_numpy(float),
+        }
+    )
+    components = {("dx" if k == "Dx" else k): float(v) for k, v in fit.variance_components.items()}
     return {
-        "n": len(data), "n_case": design.n_case, "n_control": design.n_control,
-        "n_sites": len(design.sites), "df": float(full.df_resid),
-        "t": t, "p": float(full.pvalues["dx"]), "d": float(d),
-        "d_ci": [float(ci_low), float(ci_high)],
-        "variance_components": {k: float(v) for k, v in full.variance_components.items()},
-        "residual_variance": float(full.scale), "llf": float(full.llf),
+        "n": result.n_case + result.n_control,
+        "n_case": result.n_case,
+        "n_control": result.n_control,
+        "n_sites": int(result.n_sites),
+        "df": float(result.df),
+        "t": float(result.t),
+        "p": float(result.pvalue),
+        "d": float(result.d),
+        "d_ci": [float(v) for v in result.d_ci],
+        "d_se": float(result.d_se),
+        "variance_components": components,
+        "residual_variance": float(fit.scale),
+        "llf": float(fit.llf),
         # The slope variance is on the boundary under H0: 50:50 mixture of chi2(0), chi2(1).
-        "slope_lrt": {"statistic": lrt, "p_mixture": float(0.5 * stats.chi2.sf(lrt, 1)),
-                      "p_chi2_1": float(stats.chi2.sf(lrt, 1)), "llf_without_slope":
-                      float(reduced.llf)},
+        "slope_lrt": {
+            "statistic": float(result.slope_lrt),
+            "p_mixture": float(result.slope_lrt_pvalue),
+            "p_chi2_1": float(result.slope_lrt_pvalue_chi2),
+            "llf_without_slope": float(result.fit_no_slope.llf),
+        },
         "coefficients": table.to_dict(orient="records"),
     }
 
 
-def _meta_analysis(y: np.ndarray, design: Design, min_per_group: int,
-                   out: Path) -> dict[str, Any]:
+def _meta_analysis(y: np.ndarray, design: Design, min_per_group: int, out: Path) -> dict[str, Any]:
     """Per-site OLS t for Dx -> Hedges' g -> random-effects pooling, forest plot, LOSO."""
     from consortium.analysis.meta import leave_one_out, random_effects, site_effects
 
     data = design.data.assign(y=np.asarray(y, dtype=float))
-    per_site = site_effects(data, "y", "dx", "site", design.covariates,
-                            min_per_group=min_per_group)
+    per_site = site_effects(data, "y", "dx", "site", design.covariates, min_per_group=min_per_group)
     used = per_site[per_site["included"].astype(bool)].reset_index(drop=True)
     if len(used) < 2:
         raise AnalysisError(f"the site meta-analysis needs 2 usable sites, got {len(used)}")
     pooled = random_effects(used["yi"].to_numpy(), used["vi"].to_numpy(), method="REML")
     per_site.to_parquet(out / "site_effects.parquet", index=False)
     result = {
-        "method": "REML", "k": len(used),
-        "estimate": float(pooled.estimate), "se": float(pooled.se),
-        "ci": [float(pooled.ci_low), float(pooled.ci_high)], "p": float(pooled.pvalue),
-        "tau2": float(pooled.tau2), "tau2_ci": [float(x) for x in pooled.tau2_ci],
-        "q": float(pooled.q), "q_p": float(pooled.q_pvalue),
-        "i2": float(pooled.i2), "h2": float(pooled.h2),
+        "method": "REML",
+        "k": len(used),
+        "estimate": float(pooled.estimate),
+        "se": float(pooled.se),
+        "ci": [float(pooled.ci_low), float(pooled.ci_high)],
+        "p": float(pooled.pvalue),
+        "tau2": float(pooled.tau2),
+        "tau2_ci": [float(x) for x in pooled.tau2_ci],
+        "q": float(pooled.q),
+        "q_p": float(pooled.q_pvalue),
+        "i2": float(pooled.i2),
+        "h2": float(pooled.h2),
         "sites": per_site.to_dict(orient="records"),
         "leave_one_site_out": [],
     }
     if len(used) >= 3:
-        loso = leave_one_out(used["yi"].to_numpy(), used["vi"].to_numpy(),
-                             labels=used["site"].tolist(), method="REML")
+        loso = leave_one_out(
+            used["yi"].to_numpy(),
+            used["vi"].to_numpy(),
+            labels=used["site"].tolist(),
+            method="REML",
+        )
         loso.to_parquet(out / "leave_one_site_out.parquet", index=False)
         result["leave_one_site_out"] = loso.to_dict(orient="records")
     _forest_figure(used, pooled, out)
@@ -387,45 +440,77 @@ def _forest_figure(used: pd.DataFrame, pooled: Any, out: Path) -> None:
     from consortium.analysis.forest import forest_plot
 
     with _deterministic_svg():
-        fig = forest_plot(used["yi"].to_numpy(), used["vi"].to_numpy(),
-                          labels=used["site"].tolist(), result=pooled)
+        fig = forest_plot(
+            used["yi"].to_numpy(),
+            used["vi"].to_numpy(),
+            labels=used["site"].tolist(),
+            result=pooled,
+        )
         _save_figure(fig, out, "forest")
 
 
-def _mass_fit(Y: np.ndarray, design: Design, random_slope: bool,
-              progress: Any = None) -> pd.DataFrame:
+def _mass_fit(
+    Y: np.ndarray, design: Design, random_slope: bool, progress: Any = None
+) -> pd.DataFrame:
     """t, p and d for Dx of the mass-univariate model, one row per feature."""
     from consortium.analysis import mass_mixed_model
 
     slopes = ("dx",) if random_slope else ()
-    result = mass_mixed_model(np.asarray(Y, dtype=np.float64), design.data, design.fixed, "site",
-                              random_slopes=slopes, reml=False, progress=progress)
+    result = mass_mixed_model(
+        np.asarray(Y, dtype=np.float64),
+        design.data,
+        design.fixed,
+        "site",
+        random_slopes=slopes,
+        reml=False,
+        progress=progress,
+    )
     t = result.tvalues["dx"].to_numpy(float)
     df = float(len(design.data) - len(design.fixed) - 1)
     d, ci_low, ci_high = _d_and_ci(t, design.n_case, design.n_control, df)
-    return pd.DataFrame({
-        "beta": result.params["dx"].to_numpy(float), "se": result.bse["dx"].to_numpy(float),
-        "t": t, "p": result.pvalues["dx"].to_numpy(float),
-        "d": np.asarray(d, float), "d_ci_low": np.asarray(ci_low, float),
-        "d_ci_high": np.asarray(ci_high, float),
-    })
+    return pd.DataFrame(
+        {
+            "beta": result.params["dx"].to_numpy(float),
+            "se": result.bse["dx"].to_numpy(float),
+            "t": t,
+            "p": result.pvalues["dx"].to_numpy(float),
+            "d": np.asarray(d, float),
+            "d_ci_low": np.asarray(ci_low, float),
+            "d_ci_high": np.asarray(ci_high, float),
+        }
+    )
 
 
 def _fdr(p: np.ndarray) -> np.ndarray:
-    from consortium.analysis import fdr_bh
+    from consortium.analysis.multiple import fdr_bh
 
     return np.asarray(fdr_bh(np.asarray(p, float)), float)
 
 
-def _permutation_fwe(Y: np.ndarray, design: Design, random_slope: bool, permutations: int,
-                     seed: int) -> np.ndarray:
+def _permutation_fwe(
+    Y: np.ndarray,
+    design: Design,
+    random_slope: bool,
+    permutations: int,
+    seed: int,
+    progress: Any = None,
+) -> np.ndarray:
     """Family-wise p of each feature from the max |t| over within-site Dx permutations."""
-    from consortium.analysis import maxstat_permutation
+    from consortium.analysis.multiple import maxstat_permutation
 
     slopes = ("dx",) if random_slope else ()
-    result = maxstat_permutation(np.asarray(Y, dtype=np.float64), design.data, design.fixed,
-                                 "site", term="dx", random_slopes=slopes, reml=False,
-                                 n_permutations=permutations, seed=seed)
+    result = maxstat_permutation(
+        np.asarray(Y, dtype=np.float64),
+        design.data,
+        design.fixed,
+        "site",
+        term="dx",
+        random_slopes=slopes,
+        reml=False,
+        n_permutations=permutations,
+        seed=seed,
+        progress=progress,
+    )
     return np.asarray(result.p_fwe, float)
 
 
@@ -450,8 +535,9 @@ def _save_figure(fig: Any, out: Path, stem: str, svg: bool = True) -> None:
     plt.close(fig)
 
 
-def _network_matrix_figure(table: pd.DataFrame, value: str, title: str, out: Path,
-                           stem: str) -> None:
+def _network_matrix_figure(
+    table: pd.DataFrame, value: str, title: str, out: Path, stem: str
+) -> None:
     """Heatmap of a network x network effect (``table`` has net_a, net_b, value, q)."""
     import matplotlib
 
@@ -490,9 +576,16 @@ def _dmn_rois_figure(atlas: Any, out: Path) -> bool:
 
     coords = atlas.coords[atlas.dmn]
     fig = plt.figure(figsize=(9, 3))
-    plotting.plot_connectome(np.zeros((len(coords), len(coords))), coords, node_color="#c0392b",
-                             node_size=25, display_mode="lzr", colorbar=False, figure=fig,
-                             title=f"REST-meta-MDD DMN: {len(coords)} ROIs")
+    plotting.plot_connectome(
+        np.zeros((len(coords), len(coords))),
+        coords,
+        node_color="#c0392b",
+        node_size=25,
+        display_mode="lzr",
+        colorbar=False,
+        figure=fig,
+        title=f"REST-meta-MDD DMN: {len(coords)} ROIs",
+    )
     _save_figure(fig, out, "dmn_rois", svg=False)
     return True
 
@@ -502,9 +595,17 @@ def _strongest_edges_figure(atlas: Any, t: np.ndarray, out: Path) -> list[dict[s
     rows, cols = np.triu_indices(atlas.n_rois, k=1)
     # Stable sort so that ties resolve identically on every run.
     order = np.argsort(-np.abs(t), kind="stable")[:N_STRONGEST_EDGES]
-    records = [{"edge": int(e), "roi_a": atlas.labels[rows[e]], "roi_b": atlas.labels[cols[e]],
-                "network_a": atlas.networks[rows[e]], "network_b": atlas.networks[cols[e]],
-                "t": float(t[e])} for e in order]
+    records = [
+        {
+            "edge": int(e),
+            "roi_a": atlas.labels[rows[e]],
+            "roi_b": atlas.labels[cols[e]],
+            "network_a": atlas.networks[rows[e]],
+            "network_b": atlas.networks[cols[e]],
+            "t": float(t[e]),
+        }
+        for e in order
+    ]
     if atlas.coords is None:
         return records
     import matplotlib.pyplot as plt
@@ -518,10 +619,18 @@ def _strongest_edges_figure(atlas: Any, t: np.ndarray, out: Path) -> list[dict[s
         adjacency[a, b] = adjacency[b, a] = t[e]
     fig = plt.figure(figsize=(9, 3))
     limit = float(np.abs(adjacency).max()) or 1.0
-    plotting.plot_connectome(adjacency, atlas.coords[nodes], edge_cmap="RdBu_r",
-                             edge_vmin=-limit, edge_vmax=limit, node_size=12,
-                             display_mode="lzr", colorbar=False, figure=fig,
-                             title=f"{len(order)} strongest edges (t)")
+    plotting.plot_connectome(
+        adjacency,
+        atlas.coords[nodes],
+        edge_cmap="RdBu_r",
+        edge_vmin=-limit,
+        edge_vmax=limit,
+        node_size=12,
+        display_mode="lzr",
+        colorbar=False,
+        figure=fig,
+        title=f"{len(order)} strongest edges (t)",
+    )
     _save_figure(fig, out, "strongest_edges", svg=False)
     return records
 
@@ -531,11 +640,21 @@ def _voxel_figure(t_img: Any, threshold: float | None, out: Path) -> None:
     from nilearn import plotting
 
     fig = plt.figure(figsize=(9, 3.2))
-    title = "t map" + (f", FDR q<{FDR_ALPHA} (|t|>{threshold:.2f})" if threshold else
-                       ", nothing survives FDR: unthresholded")
-    plotting.plot_glass_brain(t_img, threshold=threshold if threshold else None,
-                              colorbar=True, plot_abs=False, cmap="RdBu_r",
-                              display_mode="lzry", figure=fig, title=title)
+    title = "t map" + (
+        f", FDR q<{FDR_ALPHA} (|t|>{threshold:.2f})"
+        if threshold
+        else ", nothing survives FDR: unthresholded"
+    )
+    plotting.plot_glass_brain(
+        t_img,
+        threshold=threshold if threshold else None,
+        colorbar=True,
+        plot_abs=False,
+        cmap="RdBu_r",
+        display_mode="lzry",
+        figure=fig,
+        title=title,
+    )
     _save_figure(fig, out, "voxel_map", svg=False)
 
 
@@ -561,19 +680,25 @@ def _run_dmn(dataset, design, params, out, steps) -> dict[str, Any]:
     models = {}
     for harm, table in summaries.items():
         with steps(f"mixed model ({harm})"):
-            models[harm] = _fit_dmn(table["dmn_restmeta"].to_numpy(), design)
+            models[harm] = _fit_dmn(
+                dataset, table["dmn_restmeta"].to_numpy(), design, params["contrast"]
+            )
     rows = [dict(r, harmonization=h) for h, m in models.items() for r in m["coefficients"]]
     pd.DataFrame.from_records(rows).to_parquet(out / "mixed_model.parquet", index=False)
     primary = params["harmonize"]
     with steps("site meta-analysis"):
-        meta = _meta_analysis(summaries[primary]["dmn_restmeta"].to_numpy(), design,
-                              params["min_per_group"], out)
+        meta = _meta_analysis(
+            summaries[primary]["dmn_restmeta"].to_numpy(), design, params["min_per_group"], out
+        )
     figures = {"forest": {"png": "forest.png", "svg": "forest.svg"}}
     with steps("DMN glass brain"):
         if _dmn_rois_figure(_atlas(atlas), out):
             figures["dmn_rois"] = {"png": "dmn_rois.png"}
-    return {"dmn": {"outcome": "dmn_restmeta", "primary": primary, "models": models},
-            "meta": meta, "figures": figures}
+    return {
+        "dmn": {"outcome": "dmn_restmeta", "primary": primary, "models": models},
+        "meta": meta,
+        "figures": figures,
+    }
 
 
 def _network_table(summaries: pd.DataFrame, design: Design, random_slope: bool) -> pd.DataFrame:
@@ -595,28 +720,31 @@ def _run_networks(dataset, design, params, out, steps) -> dict[str, Any]:
         with steps(f"network means ({harm})"):
             summaries = _summaries(dataset, design, atlas, harm)
         with steps(f"mass mixed model ({harm})"):
-            tables.append(_network_table(summaries, design, params["random_slope"])
-                          .assign(harmonization=harm))
+            tables.append(
+                _network_table(summaries, design, params["random_slope"]).assign(harmonization=harm)
+            )
     table = pd.concat(tables, ignore_index=True)
     table.to_parquet(out / "network_effects.parquet", index=False)
     primary = table[table["harmonization"] == params["harmonize"]]
     with steps("network matrix figure"):
-        _network_matrix_figure(primary, "d", f"Network effects: d ({params['harmonize']})",
-                               out, "network_matrix")
-    return {"networks": {"primary": params["harmonize"], "n_pairs": int(len(primary)),
-                         "n_fdr": int((primary["q"] < FDR_ALPHA).sum()),
-                         "effects": table.to_dict(orient="records")},
-            "figures": {"network_matrix": {"png": "network_matrix.png",
-                                           "svg": "network_matrix.svg"}}}
+        _network_matrix_figure(
+            primary, "d", f"Network effects: d ({params['harmonize']})", out, "network_matrix"
+        )
+    return {
+        "networks": {
+            "primary": params["harmonize"],
+            "n_pairs": int(len(primary)),
+            "n_fdr": int((primary["q"] < FDR_ALPHA).sum()),
+            "effects": table.to_dict(orient="records"),
+        },
+        "figures": {"network_matrix": {"png": "network_matrix.png", "svg": "network_matrix.svg"}},
+    }
 
 
 def _edge_matrix(values: np.ndarray, labels: list[str]) -> pd.DataFrame:
-    n = len(labels)
-    matrix = np.zeros((n, n))
-    rows, cols = np.triu_indices(n, k=1)
-    matrix[rows, cols] = values
-    matrix[cols, rows] = values
-    return pd.DataFrame(matrix, columns=labels).assign(roi=labels).set_index("roi")
+    from consortium.analysis import edges_to_matrix
+
+    return pd.DataFrame(edges_to_matrix(values), index=pd.Index(labels, name="roi"), columns=labels)
 
 
 def _run_edges(dataset, design, params, out, steps) -> dict[str, Any]:
@@ -625,8 +753,9 @@ def _run_edges(dataset, design, params, out, steps) -> dict[str, Any]:
     with steps("connectivity"):
         Y = _edges(dataset, design, atlas_name)
         if Y.shape[1] != atlas.n_edges:
-            raise AnalysisError(f"connectivity has {Y.shape[1]} edges but atlas "
-                                f"{atlas_name!r} has {atlas.n_edges}")
+            raise AnalysisError(
+                f"connectivity has {Y.shape[1]} edges but atlas {atlas_name!r} has {atlas.n_edges}"
+            )
     if params["harmonize"] == "combat":
         with steps("ComBat on edges"):
             Y = _harmonize(Y, design)
@@ -634,9 +763,10 @@ def _run_edges(dataset, design, params, out, steps) -> dict[str, Any]:
         fit = _mass_fit(Y, design, params["random_slope"], progress=advance)
         fit["q"] = _fdr(fit["p"].to_numpy())
     if params["permutations"] > 0:
-        with steps(f"{params['permutations']} max-t permutations"):
-            fit["p_fwe"] = _permutation_fwe(Y, design, params["random_slope"],
-                                            params["permutations"], params["seed"])
+        with steps(f"{params['permutations']} max-t permutations") as advance:
+            fit["p_fwe"] = _permutation_fwe(
+                Y, design, params["random_slope"], params["permutations"], params["seed"], advance
+            )
     rows, cols = np.triu_indices(atlas.n_rois, k=1)
     nets = np.asarray(atlas.networks)
     fit.insert(0, "network_b", nets[cols])
@@ -652,17 +782,26 @@ def _run_edges(dataset, design, params, out, steps) -> dict[str, Any]:
         blocks.to_parquet(out / "network_blocks.parquet", index=False)
         figures = {}
         if len(blocks) > 1:
-            _network_matrix_figure(blocks.rename(columns={"mean_d": "d"}), "d",
-                                   "Mean edge d per network block", out, "edge_blocks")
+            _network_matrix_figure(
+                blocks.rename(columns={"mean_d": "d"}),
+                "d",
+                "Mean edge d per network block",
+                out,
+                "edge_blocks",
+            )
             figures["edge_blocks"] = {"png": "edge_blocks.png", "svg": "edge_blocks.svg"}
         strongest = _strongest_edges_figure(atlas, fit["t"].to_numpy(), out)
         if (out / "strongest_edges.png").exists():
             figures["strongest_edges"] = {"png": "strongest_edges.png"}
         if _dmn_rois_figure(atlas, out):
             figures["dmn_rois"] = {"png": "dmn_rois.png"}
-    summary = {"n_edges": int(len(fit)), "n_fdr": int((fit["q"] < FDR_ALPHA).sum()),
-               "max_abs_t": float(np.abs(fit["t"]).max()), "strongest": strongest,
-               "blocks": blocks.to_dict(orient="records")}
+    summary = {
+        "n_edges": int(len(fit)),
+        "n_fdr": int((fit["q"] < FDR_ALPHA).sum()),
+        "max_abs_t": float(np.abs(fit["t"]).max()),
+        "strongest": strongest,
+        "blocks": blocks.to_dict(orient="records"),
+    }
     if "p_fwe" in fit:
         summary["n_fwe"] = int((fit["p_fwe"] < 0.05).sum())
     return {"edges": summary, "figures": figures}
@@ -676,10 +815,18 @@ def _block_summary(fit: pd.DataFrame, atlas: Any) -> pd.DataFrame:
     for name, index in network_pairs(atlas).items():
         net_a, net_b = name.split("__", 1)
         block = fit.iloc[index]
-        records.append({"pair": name, "net_a": net_a, "net_b": net_b, "n_edges": len(index),
-                        "mean_t": float(block["t"].mean()), "mean_d": float(block["d"].mean()),
-                        "n_fdr": int((block["q"] < FDR_ALPHA).sum()),
-                        "q": float(block["q"].min())})
+        records.append(
+            {
+                "pair": name,
+                "net_a": net_a,
+                "net_b": net_b,
+                "n_edges": len(index),
+                "mean_t": float(block["t"].mean()),
+                "mean_d": float(block["d"].mean()),
+                "n_fdr": int((block["q"] < FDR_ALPHA).sum()),
+                "q": float(block["q"].min()),
+            }
+        )
     return pd.DataFrame.from_records(records)
 
 
@@ -703,7 +850,7 @@ def _run_voxels(dataset, design, params, out, steps) -> dict[str, Any]:
     fits = []
     with steps(f"mass mixed model ({n_voxels} voxels)", total=len(starts)) as advance:
         for start in starts:
-            block = source[:, start:start + chunk]
+            block = source[:, start : start + chunk]
             block = np.asarray(block.compute() if hasattr(block, "compute") else block)
             if params["harmonize"] == "none":
                 _check_finite(block, dataset, design, f"map {metric!r}")
@@ -725,22 +872,33 @@ def _run_voxels(dataset, design, params, out, steps) -> dict[str, Any]:
     threshold = float(np.abs(t[significant]).min()) if significant.any() else None
     to_img(t).to_filename(out / "t_map.nii.gz")
     to_img(fit["d"].to_numpy()).to_filename(out / "d_map.nii.gz")
-    to_img(np.where(significant, t, 0.0)).to_filename(out / f"t_map_fdr{int(FDR_ALPHA * 100):02d}"
-                                                              ".nii.gz")
+    to_img(np.where(significant, t, 0.0)).to_filename(
+        out / f"t_map_fdr{int(FDR_ALPHA * 100):02d}.nii.gz"
+    )
     mask_img.to_filename(out / "mask.nii.gz")
     with steps("voxel map figure"):
         _voxel_figure(to_img(t), threshold, out)
     peak = int(np.argmax(np.abs(t)))
     peak_ijk = np.argwhere(mask)[peak]
     peak_mm = nib.affines.apply_affine(mask_img.affine, peak_ijk)
-    return {"voxels": {"metric": metric, "n_voxels": int(n_voxels), "n_fdr": int(significant.sum()),
-                       "fdr_threshold_abs_t": threshold, "peak_t": float(t[peak]),
-                       "peak_d": float(fit["d"].iloc[peak]),
-                       "peak_mni": [float(v) for v in peak_mm],
-                       "maps": {"t": "t_map.nii.gz", "d": "d_map.nii.gz",
-                                "t_fdr": f"t_map_fdr{int(FDR_ALPHA * 100):02d}.nii.gz",
-                                "mask": "mask.nii.gz"}},
-            "figures": {"voxel_map": {"png": "voxel_map.png"}}}
+    return {
+        "voxels": {
+            "metric": metric,
+            "n_voxels": int(n_voxels),
+            "n_fdr": int(significant.sum()),
+            "fdr_threshold_abs_t": threshold,
+            "peak_t": float(t[peak]),
+            "peak_d": float(fit["d"].iloc[peak]),
+            "peak_mni": [float(v) for v in peak_mm],
+            "maps": {
+                "t": "t_map.nii.gz",
+                "d": "d_map.nii.gz",
+                "t_fdr": f"t_map_fdr{int(FDR_ALPHA * 100):02d}.nii.gz",
+                "mask": "mask.nii.gz",
+            },
+        },
+        "figures": {"voxel_map": {"png": "voxel_map.png"}},
+    }
 
 
 def _default_metric(dataset: Any) -> str:
@@ -750,8 +908,7 @@ def _default_metric(dataset: Any) -> str:
     return names[0]
 
 
-_RUNNERS = {"dmn": _run_dmn, "networks": _run_networks, "edges": _run_edges,
-            "voxels": _run_voxels}
+_RUNNERS = {"dmn": _run_dmn, "networks": _run_networks, "edges": _run_edges, "voxels": _run_voxels}
 
 
 # ------------------------------------------------------------------- output
@@ -759,8 +916,19 @@ _RUNNERS = {"dmn": _run_dmn, "networks": _run_networks, "edges": _run_edges,
 
 def _software_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for package in ("confed", "numpy", "pandas", "scipy", "statsmodels", "nibabel", "nilearn",
-                    "dask", "pyarrow", "matplotlib", "scikit-learn"):
+    for package in (
+        "confed",
+        "numpy",
+        "pandas",
+        "scipy",
+        "statsmodels",
+        "nibabel",
+        "nilearn",
+        "dask",
+        "pyarrow",
+        "matplotlib",
+        "scikit-learn",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -797,8 +965,12 @@ class _Steps:
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._progress = Progress(TextColumn(f"[bold]{kind}[/bold] {{task.description}}"),
-                                      BarColumn(), TimeElapsedColumn(), transient=False)
+            self._progress = Progress(
+                TextColumn(f"[bold]{kind}[/bold] {{task.description}}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                transient=False,
+            )
 
     def __enter__(self) -> _Steps:
         if self._progress is not None:
@@ -816,18 +988,21 @@ class _Steps:
         if self._progress is not None:
             task = self._progress.add_task(description, total=total)
 
+        current = {"total": total}
+
         def advance(done: int | None = None, total_now: int | None = None) -> None:
             """Advance by one, or set progress to ``done`` of ``total_now``."""
             if task is None:
                 return
             if done is None:
                 self._progress.advance(task)
-            else:
-                self._progress.update(task, completed=done, total=total_now)
+                return
+            current["total"] = total_now or current["total"]
+            self._progress.update(task, completed=done, total=current["total"])
 
         yield advance
         if task is not None:
-            self._progress.update(task, completed=total)
+            self._progress.update(task, completed=current["total"], total=current["total"])
         self.timings[description] = round(time.perf_counter() - start, 3)
 
 
@@ -847,8 +1022,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir}: output directory exists and is not empty")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial",
-                                 dir=out_dir.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
@@ -932,11 +1106,20 @@ def run_analysis(
     if permutations < 0:
         raise AnalysisError("permutations must be >= 0")
     out_dir = Path(out_dir)
-    params = {"kind": kind, "harmonize": harmonize, "contrast": contrast, "atlas": atlas,
-              "covariates": list(covariates), "min_per_group": int(min_per_group),
-              "permutations": int(permutations), "seed": int(seed), "metric": metric,
-              "random_slope": bool(random_slope), "chunk_voxels": int(chunk_voxels),
-              "fdr_alpha": FDR_ALPHA}
+    params = {
+        "kind": kind,
+        "harmonize": harmonize,
+        "contrast": contrast,
+        "atlas": atlas,
+        "covariates": list(covariates),
+        "min_per_group": int(min_per_group),
+        "permutations": int(permutations),
+        "seed": int(seed),
+        "metric": metric,
+        "random_slope": bool(random_slope),
+        "chunk_voxels": int(chunk_voxels),
+        "fdr_alpha": FDR_ALPHA,
+    }
     design = build_design(dataset, contrast, covariates, min_per_group)
     tmp = _prepare_out_dir(out_dir, overwrite)
     try:
@@ -951,29 +1134,41 @@ def run_analysis(
     return out_dir
 
 
-def _write_common(dataset: Any, design: Design, params: dict[str, Any],
-                  results: dict[str, Any], out: Path) -> None:
+def _write_common(
+    dataset: Any, design: Design, params: dict[str, Any], results: dict[str, Any], out: Path
+) -> None:
     design.sample.to_parquet(out / "sample.parquet", index=False)
     qc = _qc_table(dataset)
     qc.to_parquet(out / "qc_exclusions.parquet", index=False)
     figures = results.pop("figures", {})
+    slope = params["kind"] == "dmn" or params["random_slope"]
     document = {
         "schema": SCHEMA,
         "kind": params["kind"],
         "contrast": params["contrast"],
         "groups": design.groups,
         "design": {
-            "n": len(design.data), "n_case": design.n_case, "n_control": design.n_control,
-            "sites": design.sites, "sites_excluded": design.sites_excluded,
-            "fixed": design.fixed, "covariates": design.covariates,
+            "n": len(design.data),
+            "n_case": design.n_case,
+            "n_control": design.n_control,
+            "sites": design.sites,
+            "sites_excluded": design.sites_excluded,
+            "fixed": design.fixed,
+            "covariates": design.covariates,
             "dx_coding": {design.groups["case"]: 1, design.groups["control"]: -1},
-            "model": "y ~ " + " + ".join(design.fixed) + " + (1|site) + (0 + dx|site), ML",
+            "model": "y ~ "
+            + " + ".join(design.fixed)
+            + " + (1|site)"
+            + (" + (0 + dx|site)" if slope else "")
+            + ", ML",
             "notes": design.notes,
         },
         "sample": design.sample.to_dict(orient="records"),
-        "qc": {"n_excluded": int(qc["n"].sum()) if len(qc) else 0,
-               "n_subjects_total": int(len(dataset.qc)),
-               "by_site_reason": qc.to_dict(orient="records")},
+        "qc": {
+            "n_excluded": int(qc["n"].sum()) if len(qc) else 0,
+            "n_subjects_total": int(len(dataset.qc)),
+            "by_site_reason": qc.to_dict(orient="records"),
+        },
         **results,
         "figures": figures,
         "provenance": _provenance(dataset, params),

@@ -131,8 +131,15 @@ class Features:
         """A copy sharing X whose labels are ``y`` (for permutation runs)."""
         subjects = self.subjects.copy()
         subjects["y"] = np.asarray(y, dtype=int)
-        return Features(self.X, subjects, self.feature_names, self.kind, self.dx_labels,
-                        self.source, list(self.notes))
+        return Features(
+            self.X,
+            subjects,
+            self.feature_names,
+            self.kind,
+            self.dx_labels,
+            self.source,
+            list(self.notes),
+        )
 
 
 def _labelled_subjects(subjects: pd.DataFrame, dx_labels: dict[str, str]) -> pd.DataFrame:
@@ -167,8 +174,10 @@ def _nonfinite_policy(X: np.ndarray, subjects: pd.DataFrame, nan: str, what: str
     if nan != "zero":
         raise PredictionError(f"unknown nan policy {nan!r}; choose 'error' or 'zero'")
     X[bad] = 0.0
-    return [f"{int(bad.sum())} non-finite {what} values in {rows.size} subjects set to 0 "
-            "(a Fisher z of 0 is no correlation; they come from ROIs without signal)"]
+    return [
+        f"{int(bad.sum())} non-finite {what} values in {rows.size} subjects set to 0 "
+        "(a Fisher z of 0 is no correlation; they come from ROIs without signal)"
+    ]
 
 
 def features_from_dataset(
@@ -216,8 +225,12 @@ def features_from_dataset(
     if X.shape[0] != len(subjects):
         raise PredictionError(f"{kind}: {X.shape[0]} rows but {len(subjects)} subjects")
     notes = _nonfinite_policy(X, subjects, nan, kind)
-    source = {"type": "release", "release_name": dataset.release_name,
-              "release_hash": dataset.release_hash, **detail}
+    source = {
+        "type": "release",
+        "release_name": dataset.release_name,
+        "release_hash": dataset.release_hash,
+        **detail,
+    }
     return Features(X, subjects, names, kind, dict(dataset.dx_labels), source, notes)
 
 
@@ -289,8 +302,15 @@ def features_from_abide(
     X = np.vstack(edges).astype(np.float64)
     notes = _nonfinite_policy(X, subjects, nan, "edges")
     source = {"type": "abide-pcp", "path": str(data_dir), "atlas": atlas}
-    return Features(X, subjects, _edge_names(atlas, X.shape[1]), "edges",
-                    {"case": "ASD", "control": "TDC"}, source, notes)
+    return Features(
+        X,
+        subjects,
+        _edge_names(atlas, X.shape[1]),
+        "edges",
+        {"case": "ASD", "control": "TDC"},
+        source,
+        notes,
+    )
 
 
 def _abide_participants(site_dir: Path) -> pd.DataFrame:
@@ -356,8 +376,9 @@ class FoldComBat:
     ----------
     covariates : sequence of str
         Non-diagnostic covariates (columns of the phenotype table); ``sex``
-        (``M``/``F``) is coded 1/0. Columns constant in the training fold are
-        left out (they would be collinear with the sites).
+        (``M``/``F``) is coded 1/0. A column that is constant within every
+        training site (an all-male sample, say) is collinear with the sites and
+        left out for that fold.
     eb : bool
         Empirical Bayes shrinkage (see ``harmonization.combat.ComBat``).
 
@@ -390,7 +411,7 @@ class FoldComBat:
         self, X: np.ndarray, sites: np.ndarray, phenotypes: pd.DataFrame, y: np.ndarray
     ) -> np.ndarray:
         table = _covariate_table(phenotypes, self.covariates)
-        self.columns_ = [c for c in table.columns if table[c].nunique() > 1] + ["dx"]
+        self.columns_ = _estimable(table, np.asarray(sites).astype(str)) + ["dx"]
         self.dx_fill_ = float(np.mean(y))
         design = table[self.columns_[:-1]].assign(dx=np.asarray(y, dtype=float))
         self.combat_ = ComBat(eb=self.eb)
@@ -400,6 +421,17 @@ class FoldComBat:
         table = _covariate_table(phenotypes, self.covariates)
         design = table[self.columns_[:-1]].assign(dx=self.dx_fill_)
         return self.combat_.transform(X, sites, design)
+
+
+def _estimable(table: pd.DataFrame, sites: np.ndarray) -> list[str]:
+    """Covariate columns that add to the rank of the site design, in order."""
+    design = (sites[:, None] == np.unique(sites)[None, :]).astype(float)
+    keep = []
+    for col in table.columns:
+        trial = np.column_stack([design, table[col].to_numpy()])
+        if np.linalg.matrix_rank(trial) > design.shape[1]:
+            design, keep = trial, [*keep, col]
+    return keep
 
 
 def _covariate_table(phenotypes: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -437,6 +469,9 @@ class RowSpaceProjection(TransformerMixin, BaseEstimator):
     model lie in the span of the training rows (representer theorem), so
     fitting it on the coordinates ``X V`` (``V``: orthonormal basis of the
     row space) gives the same decision function at a fraction of the cost.
+    ``V`` comes from the eigendecomposition of the training Gram matrix
+    ``X X^T = U L U^T`` as ``V = X^T U L^{-1/2}``, so new data are projected
+    as ``(X_new X^T) U L^{-1/2}`` and the training data are ``U L^{1/2}``.
     When there are no more features than subjects the data pass unchanged.
 
     Parameters
@@ -446,26 +481,39 @@ class RowSpaceProjection(TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    components_ : ndarray of shape (n_features, rank) or None
+    basis_ : ndarray of shape (n_train, rank) or None
+        ``U L^{-1/2}``; None when the data pass unchanged.
+    X_fit_ : ndarray of shape (n_train, n_features) or None
     """
 
     def __init__(self, tol: float = 1e-10) -> None:
         self.tol = tol
 
     def fit(self, X: np.ndarray, y: Any = None) -> RowSpaceProjection:
+        self._fit(np.asarray(X, dtype=np.float64))
+        return self
+
+    def fit_transform(self, X: np.ndarray, y: Any = None, **fit_params: Any) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
+        coords = self._fit(X)
+        return X if coords is None else coords
+
+    def _fit(self, X: np.ndarray) -> np.ndarray | None:
         self.n_features_in_ = X.shape[1]
         if X.shape[1] <= X.shape[0]:
-            self.components_ = None
-            return self
+            self.basis_, self.X_fit_ = None, None
+            return None
         eigval, eigvec = np.linalg.eigh(X @ X.T)
         keep = eigval > self.tol * eigval.max()
-        self.components_ = X.T @ (eigvec[:, keep] / np.sqrt(eigval[keep]))
-        return self
+        root = np.sqrt(eigval[keep])
+        self.basis_, self.X_fit_ = eigvec[:, keep] / root, X
+        return eigvec[:, keep] * root
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
-        return X if self.components_ is None else X @ self.components_
+        if self.basis_ is None:
+            return X
+        return (X @ self.X_fit_.T) @ self.basis_
 
 
 @dataclass
@@ -518,8 +566,9 @@ def _sklearn_classifier(name: str, seed: int) -> BaseEstimator:
         )
     est = found[name]()
     params = est.get_params()
-    est.set_params(**{k: v for k, v in (("class_weight", "balanced"), ("random_state", seed))
-                      if k in params})
+    est.set_params(
+        **{k: v for k, v in (("class_weight", "balanced"), ("random_state", seed)) if k in params}
+    )
     return est
 
 
@@ -625,8 +674,9 @@ def _prepare(features: Features, config: PredictionConfig) -> _Data:
     return _Data(X, features.y, features.sites, features.subjects, extra)
 
 
-def _harmonized(data: _Data, train: np.ndarray, test: np.ndarray, y_train: np.ndarray,
-                config: PredictionConfig) -> tuple[np.ndarray, np.ndarray]:
+def _harmonized(
+    data: _Data, train: np.ndarray, test: np.ndarray, y_train: np.ndarray, config: PredictionConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Training and test features, harmonized with a model fitted on ``train`` only."""
     Xtr, Xte = data.X[train], data.X[test]
     if config.harmonize == "combat":
@@ -649,16 +699,19 @@ def _inner_auc(y: np.ndarray, score: np.ndarray) -> float:
     return classification_metrics(y, (score > 0).astype(int), score)["auc"]
 
 
-def _tune(data: _Data, train: np.ndarray, spec: ModelSpec,
-          config: PredictionConfig) -> tuple[float | None, list[float]]:
+def _tune(
+    data: _Data, train: np.ndarray, spec: ModelSpec, config: PredictionConfig
+) -> tuple[float | None, list[float]]:
     """Hyperparameter with the best mean inner-fold AUC (ties: the first, most regularized)."""
     if spec.param is None:
         return None, []
     if len(spec.grid) == 1:
         return spec.grid[0], []
-    table = np.full((config.inner_folds, len(spec.grid)), np.nan)
     y = data.y[train]
-    for k, (itr, iva) in enumerate(inner_splits(data.sites[train], config.inner_folds)):
+    min_sites = 2 if config.harmonize == "combat" else 1
+    splits = inner_splits(data.sites[train], config.inner_folds, min_sites)
+    table = np.full((len(splits), len(spec.grid)), np.nan)
+    for k, (itr, iva) in enumerate(splits):
         Xtr, Xva = _harmonized(data, train[itr], train[iva], y[itr], config)
         prefix = clone(spec.pipeline[:-1]).fit(Xtr, y[itr])
         Ztr, Zva = prefix.transform(Xtr), prefix.transform(Xva)
@@ -673,8 +726,15 @@ def _tune(data: _Data, train: np.ndarray, spec: ModelSpec,
     return spec.grid[best], [float(v) for v in means]
 
 
-def _fit_fold(data: _Data, k: int, train: np.ndarray, test: np.ndarray, spec: ModelSpec,
-              config: PredictionConfig, fixed: float | None) -> dict[str, Any]:
+def _fit_fold(
+    data: _Data,
+    k: int,
+    train: np.ndarray,
+    test: np.ndarray,
+    spec: ModelSpec,
+    config: PredictionConfig,
+    fixed: float | None,
+) -> dict[str, Any]:
     if fixed is not None:
         value, inner = fixed, []
     else:
@@ -685,35 +745,44 @@ def _fit_fold(data: _Data, k: int, train: np.ndarray, test: np.ndarray, spec: Mo
         model.set_params(**{f"clf__{spec.param}": value})
     model.fit(Xtr, data.y[train])
     score = _scores(model, Xte)
-    pred = np.asarray(model.predict(Xte), dtype=int)
-    return {"fold": k, "test": test, "pred": pred, "score": score, "value": value,
-            "inner": inner}
+    if hasattr(model, "decision_function"):
+        # the predict rule of scikit-learn's linear classifiers, without a second projection
+        pred = model.classes_[(score > 0).astype(int)].astype(int)
+    else:
+        pred = np.asarray(model.predict(Xte), dtype=int)
+    return {"fold": k, "test": test, "pred": pred, "score": score, "value": value, "inner": inner}
 
 
-def _run(data: _Data, scheme: str, spec: ModelSpec, config: PredictionConfig,
-         fixed: float | None = None) -> list[dict[str, Any]]:
+def _run(
+    data: _Data, scheme: str, spec: ModelSpec, config: PredictionConfig, fixed: float | None = None
+) -> list[dict[str, Any]]:
     splits = outer_splits(scheme, data.y, data.sites, config.n_folds, config.seed)
-    jobs = (delayed(_fit_fold)(data, k, tr, te, spec, config, fixed)
-            for k, (tr, te) in enumerate(splits))
+    jobs = (
+        delayed(_fit_fold)(data, k, tr, te, spec, config, fixed)
+        for k, (tr, te) in enumerate(splits)
+    )
     return list(Parallel(n_jobs=config.n_jobs)(jobs))
 
 
-def _summarize(data: _Data, scheme: str, spec: ModelSpec, folds: list[dict[str, Any]]
-               ) -> dict[str, Any]:
+def _summarize(
+    data: _Data, scheme: str, spec: ModelSpec, folds: list[dict[str, Any]]
+) -> dict[str, Any]:
     n = len(data.y)
     pred, score, fold_of = np.zeros(n, int), np.zeros(n), np.full(n, -1)
     fold_rows = []
     for f in folds:
         test = f["test"]
         pred[test], score[test], fold_of[test] = f["pred"], f["score"], f["fold"]
-        fold_rows.append({
-            "fold": f["fold"],
-            "test_sites": sorted(set(data.sites[test].tolist())),
-            "n_train": n - len(test),
-            spec.param or "param": f["value"],
-            "inner_auc": f["inner"],
-            **classification_metrics(data.y[test], f["pred"], f["score"]),
-        })
+        fold_rows.append(
+            {
+                "fold": f["fold"],
+                "test_sites": sorted(set(data.sites[test].tolist())),
+                "n_train": n - len(test),
+                spec.param or "param": f["value"],
+                "inner_auc": f["inner"],
+                **classification_metrics(data.y[test], f["pred"], f["score"]),
+            }
+        )
     per_site = {
         site: classification_metrics(data.y[m], pred[m], score[m])
         for site in sorted(set(data.sites.tolist()))
@@ -749,22 +818,30 @@ def _most_chosen(result: dict[str, Any]) -> float | None:
     return float(best[0])
 
 
-def _permutation_test(data: _Data, result: dict[str, Any], spec: ModelSpec,
-                      config: PredictionConfig, seed_seq: np.random.SeedSequence
-                      ) -> dict[str, Any]:
+def _permutation_test(
+    data: _Data,
+    result: dict[str, Any],
+    spec: ModelSpec,
+    config: PredictionConfig,
+    seed_seq: np.random.SeedSequence,
+) -> dict[str, Any]:
     fixed = _most_chosen(result) if config.permutation_tuning == "fixed" else None
     rng = np.random.default_rng(seed_seq)
     null: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "auc": []}
     for _ in range(config.n_permutations):
         y_perm = permute_within_site(data.y, data.sites, rng)
         perm = _Data(data.X, y_perm, data.sites, data.phenotypes, data.extra)
-        pooled = _summarize(perm, result["scheme"], spec,
-                            _run(perm, result["scheme"], spec, config, fixed))["pooled"]
+        pooled = _summarize(
+            perm, result["scheme"], spec, _run(perm, result["scheme"], spec, config, fixed)
+        )["pooled"]
         for metric in null:
             null[metric].append(pooled[metric])
-    out: dict[str, Any] = {"n_permutations": config.n_permutations,
-                           "tuning": config.permutation_tuning, "fixed_value": fixed,
-                           "within_site": True}
+    out: dict[str, Any] = {
+        "n_permutations": config.n_permutations,
+        "tuning": config.permutation_tuning,
+        "fixed_value": fixed,
+        "within_site": True,
+    }
     for metric, values in null.items():
         observed = result["pooled"][metric]
         arr = np.asarray(values, dtype=float)
@@ -779,8 +856,9 @@ def _permutation_test(data: _Data, result: dict[str, Any], spec: ModelSpec,
     return out
 
 
-def cross_validate(features: Features, config: PredictionConfig | None = None
-                   ) -> list[dict[str, Any]]:
+def cross_validate(
+    features: Features, config: PredictionConfig | None = None
+) -> list[dict[str, Any]]:
     """Cross-validated scores of every scheme x model, with in-fold harmonization.
 
     Parameters
@@ -853,8 +931,11 @@ def _jsonable(value: Any) -> Any:
 def _data_summary(features: Features) -> dict[str, Any]:
     subjects = features.subjects
     per_site = {
-        str(site): {"n": int(len(g)), "n_case": int(g["y"].sum()),
-                    "n_control": int((g["y"] == 0).sum())}
+        str(site): {
+            "n": int(len(g)),
+            "n_case": int(g["y"].sum()),
+            "n_control": int((g["y"] == 0).sum()),
+        }
         for site, g in subjects.groupby("site", sort=True)
     }
     return {
@@ -874,10 +955,13 @@ def _data_summary(features: Features) -> dict[str, Any]:
 def _summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in results:
-        row = {"scheme": r["scheme"], "model": r["model"],
-               **{m: r["pooled"][m] for m in METRICS},
-               "fold_mean_accuracy": r["fold_mean"]["accuracy"],
-               "fold_sd_accuracy": r["fold_sd"]["accuracy"]}
+        row = {
+            "scheme": r["scheme"],
+            "model": r["model"],
+            **{m: r["pooled"][m] for m in METRICS},
+            "fold_mean_accuracy": r["fold_mean"]["accuracy"],
+            "fold_sd_accuracy": r["fold_sd"]["accuracy"],
+        }
         perm = r.get("permutation")
         row["p_accuracy"] = perm["accuracy"]["p_value"] if perm else None
         row["p_balanced_accuracy"] = perm["balanced_accuracy"]["p_value"] if perm else None
@@ -909,14 +993,23 @@ def plot_site_scores(results: list[dict[str, Any]], path: Path, metric: str = "a
     models = list(dict.fromkeys(r["model"] for r in results))
     sites = sorted(results[0]["sites"])
     height = 0.8 / len(models)
-    fig, axes = plt.subplots(1, len(schemes), figsize=(4.2 * len(schemes), 0.28 * len(sites) + 1.6),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(schemes),
+        figsize=(4.2 * len(schemes), 0.28 * len(sites) + 1.6),
+        sharey=True,
+        squeeze=False,
+    )
     for ax, scheme in zip(axes[0], schemes, strict=True):
         for m, model in enumerate(models):
             r = next(x for x in results if x["scheme"] == scheme and x["model"] == model)
             values = [r["sites"][s][metric] or np.nan for s in sites]
-            ax.barh(np.arange(len(sites)) + m * height, values, height=height,
-                    label=f"{model} (pooled {r['pooled'][metric]:.3f})")
+            ax.barh(
+                np.arange(len(sites)) + m * height,
+                values,
+                height=height,
+                label=f"{model} (pooled {r['pooled'][metric]:.3f})",
+            )
         ax.axvline(0.5, color="k", lw=0.8, ls="--")
         ax.set_xlim(0, 1)
         ax.set_title(scheme, fontsize=10)
@@ -934,12 +1027,20 @@ def _predictions_table(features: Features, results: list[dict[str, Any]]) -> pd.
     blocks = []
     for r in results:
         oof = r["_oof"]
-        blocks.append(pd.DataFrame({
-            "scheme": r["scheme"], "model": r["model"],
-            "subject_key": features.subjects["subject_key"].to_numpy(),
-            "site": features.sites, "y_true": features.y, "fold": oof["fold"],
-            "y_pred": oof["pred"], "score": oof["score"],
-        }))
+        blocks.append(
+            pd.DataFrame(
+                {
+                    "scheme": r["scheme"],
+                    "model": r["model"],
+                    "subject_key": features.subjects["subject_key"].to_numpy(),
+                    "site": features.sites,
+                    "y_true": features.y,
+                    "fold": oof["fold"],
+                    "y_pred": oof["pred"],
+                    "score": oof["score"],
+                }
+            )
+        )
     return pd.concat(blocks, ignore_index=True)
 
 

@@ -26,8 +26,9 @@ class Harmonize(StrEnum):
     none = "none"
 
 
-def load_dataset(release: str | None, root: Path | None, db: str | None,
-                 bundles: list[Path] | None):
+def load_dataset(
+    release: str | None, root: Path | None, db: str | None, bundles: list[Path] | None
+):
     """The Dataset of a release, or of bundle directories when ``bundles`` is given."""
     from consortium.dataset import Dataset
     from sites.bundle import read_bundle
@@ -43,20 +44,53 @@ def load_dataset(release: str | None, root: Path | None, db: str | None,
     return open_release(root, release, db)
 
 
-def _run(kind: str, release, root, db, bundles, contrast, harmonize, atlas, metric,
-         permutations, seed, min_per_group, out, overwrite, quiet) -> None:
+def _run(
+    kind: str,
+    release,
+    root,
+    db,
+    bundles,
+    contrast,
+    harmonize,
+    atlas,
+    metric,
+    permutations,
+    seed,
+    min_per_group,
+    out,
+    overwrite,
+    quiet,
+) -> None:
     from consortium.analysis.pipeline import run_analysis
     from consortium.dataset import DatasetError
+    from consortium.errors import ConfedError
     from sites.bundle import BundleError
 
     try:
         dataset = load_dataset(release, root, db, bundles)
         path = run_analysis(
-            dataset, kind, out, harmonize=harmonize.value, contrast=contrast.value,
-            atlas=atlas, metric=metric, permutations=permutations, seed=seed,
-            min_per_group=min_per_group, progress=not quiet, overwrite=overwrite,
+            dataset,
+            kind,
+            out,
+            harmonize=harmonize.value,
+            contrast=contrast.value,
+            atlas=atlas,
+            metric=metric,
+            permutations=permutations,
+            seed=seed,
+            min_per_group=min_per_group,
+            progress=not quiet,
+            overwrite=overwrite,
         )
-    except (BundleError, DatasetError, ValueError, KeyError, FileExistsError, LookupError) as exc:
+    except (
+        BundleError,
+        ConfedError,
+        DatasetError,
+        ValueError,
+        KeyError,
+        FileExistsError,
+        LookupError,
+    ) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"{kind} results written to {path}")
@@ -81,19 +115,41 @@ def _command(kind: str, summary: str):
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
-        _run(kind, release, root, db, bundles, contrast, harmonize, atlas, metric,
-             permutations, seed, min_per_group, out, overwrite, quiet)
+        _run(
+            kind,
+            release,
+            root,
+            db,
+            bundles,
+            contrast,
+            harmonize,
+            atlas,
+            metric,
+            permutations,
+            seed,
+            min_per_group,
+            out,
+            overwrite,
+            quiet,
+        )
 
     command.__doc__ = summary
     return command
 
 
-app.command("dmn")(_command(
-    "dmn", "REST-meta-MDD mixed model on mean DMN FC (with and without ComBat), "
-    "site meta-analysis and forest plot."))
-app.command("networks")(_command(
-    "networks", "The mixed model on every within- and between-network mean FC."))
-app.command("edges")(_command(
-    "edges", "Mass mixed model over every edge: t/d matrices, FDR, optional permutations."))
-app.command("voxels")(_command(
-    "voxels", "Mass mixed model over voxels: t, d and FDR-thresholded NIfTI maps."))
+app.command("dmn")(
+    _command(
+        "dmn",
+        "REST-meta-MDD mixed model on mean DMN FC (with and without ComBat), "
+        "site meta-analysis and forest plot.",
+    )
+)
+app.command("networks")(
+    _command("networks", "The mixed model on every within- and between-network mean FC.")
+)
+app.command("edges")(
+    _command("edges", "Mass mixed model over every edge: t/d matrices, FDR, optional permutations.")
+)
+app.command("voxels")(
+    _command("voxels", "Mass mixed model over voxels: t, d and FDR-thresholded NIfTI maps.")
+)

@@ -22,8 +22,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-app.add_typer(site_app, name="site", help="Site agent: compute, validate, export and submit bundles.")
-app.add_typer(coord_app, name="coord", help="Coordinator: service, sites, imports, releases, audit.")
+app.add_typer(
+    site_app, name="site", help="Site agent: compute, validate, export and submit bundles."
+)
+app.add_typer(
+    coord_app, name="coord", help="Coordinator: service, sites, imports, releases, audit."
+)
 app.add_typer(analyze_app, name="analyze", help="Run consortium analyses on a data release.")
 app.add_typer(proposal_app, name="proposal", help="Proposal-based data access.")
 app.add_typer(predict_app, name="predict", help="Site-aware prediction (leave-site-out CV).")

@@ -28,8 +28,18 @@ import jinja2
 
 __all__ = ["ReportError", "SECTION_IDS", "load_analysis", "render_report"]
 
-SECTION_IDS = ("summary", "sample", "qc-exclusions", "mixed-model", "forest-plot",
-               "network-matrix", "glass-brain", "voxel-map", "prediction", "provenance")
+SECTION_IDS = (
+    "summary",
+    "sample",
+    "qc-exclusions",
+    "mixed-model",
+    "forest-plot",
+    "network-matrix",
+    "glass-brain",
+    "voxel-map",
+    "prediction",
+    "provenance",
+)
 PREDICTION_FILE = "prediction.json"
 RESULTS_FILE = "results.json"
 
@@ -51,8 +61,12 @@ class Analysis:
 def _data_uri(path: Path) -> str:
     if not path.is_file():
         raise ReportError(f"{path}: figure listed in the results is missing")
-    mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg",
-            ".jpeg": "image/jpeg"}.get(path.suffix.lower())
+    mime = {
+        ".png": "image/png",
+        ".svg": "image/svg+xml",
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+    }.get(path.suffix.lower())
     if mime is None:
         raise ReportError(f"{path}: unsupported figure type {path.suffix!r}")
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
@@ -154,8 +168,9 @@ def _environment() -> jinja2.Environment:
     env.filters["fmt_p"] = _fmt_p
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
     env.tests["mapping"] = lambda v: isinstance(v, dict)
-    env.tests["records"] = lambda v: (isinstance(v, list) and len(v) > 0
-                                      and all(isinstance(r, dict) for r in v))
+    env.tests["records"] = lambda v: (
+        isinstance(v, list) and len(v) > 0 and all(isinstance(r, dict) for r in v)
+    )
     return env
 
 

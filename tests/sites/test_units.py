@@ -148,3 +148,32 @@ def test_phenotype_formats_and_value_maps(tmp_path, suffix):
     assert phen.table["episode"].tolist()[:2] == ["first", "recurrent"]
     assert phen.table["site_score"].tolist() == [1.5, 2.5, 3.5]
     assert phen.problems == {}
+
+
+def test_config_accepts_coordinator_section_and_names_bad_fields(tmp_path):
+    from sites.config import ConfigError, load_config
+
+    text = """
+site_id = "S01"
+[coordinator]
+url = "http://localhost:8000"
+[phenotypes]
+path = "p.csv"
+dx_case = "A"
+dx_control = "B"
+[phenotypes.columns]
+id = "subject_id"
+g = "dx"
+a = "age"
+s = "sex"
+[[connectivity]]
+atlas = "ho111"
+pattern = "{subject_id}.1D"
+"""
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    config = load_config(path)
+    assert config.coordinator == {"url": "http://localhost:8000"} and config.base_dir == tmp_path
+    path.write_text(text.replace('s = "sex"', 's = "gender"'))
+    with pytest.raises(ConfigError, match=r"site.toml: phenotypes.columns.*gender"):
+        load_config(path)

@@ -6,7 +6,18 @@ Extension point: a new resource writes ``consortium/api/routers/<resource>.py`` 
 
 from fastapi import APIRouter
 
-from consortium.api.routers import audit, health, releases, sites, submissions, tokens
+from consortium.api import analyses
+from consortium.api.routers import (
+    audit,
+    health,
+    members,
+    proposals,
+    register,
+    releases,
+    sites,
+    submissions,
+    tokens,
+)
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -15,4 +26,8 @@ ROUTERS: list[APIRouter] = [
     submissions.router,
     releases.router,
     audit.router,
+    analyses.router,
+    members.router,
+    proposals.router,
+    register.router,
 ]

@@ -10,6 +10,7 @@ from consortium.db.models.releases import Release, ReleaseSubmission
 from consortium.db.models.sites import Site
 from consortium.db.models.submissions import Submission, SubmissionFile, Upload
 from consortium.db.models.tokens import ROLES, Token
+from consortium.proposals import models as _proposals  # noqa: F401,E402  (proposal tables)
 
 MODEL_MODULES = ["audit", "objects", "releases", "sites", "submissions", "tokens"]
 

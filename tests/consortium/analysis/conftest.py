@@ -71,3 +71,67 @@ def statsmodels_fit(formula: str, data: pd.DataFrame, reml: bool, slope: str | N
             if best is None or fit.llf > best.llf:
                 best = fit
     return best
+
+
+def restmeta_phenotypes(design: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Canonical phenotype columns for the published design (episode/medication simulated).
+
+    The design file has no episode or medication; patients are split at random into
+    first-episode drug-naive, first-episode treated and recurrent to exercise contrasts.
+    """
+    rng = np.random.default_rng(seed)
+    mdd = design.Dx.to_numpy() == 1
+    kind = rng.choice(["fedn", "first_treated", "recurrent"], size=len(design), p=[0.3, 0.2, 0.5])
+    return pd.DataFrame({
+        "site": design.Site.astype(str).radd("S").to_numpy(),
+        "dx": np.where(mdd, "MDD", "HC"),
+        "age": design.Age.astype(float).to_numpy(),
+        "sex": np.where(design.Sex.to_numpy() == 1, "M", "F"),
+        "education_years": design.Edu.to_numpy(),
+        "mean_fd": design.Motion.to_numpy(),
+        "episode": np.where(mdd, np.where(kind == "recurrent", "recurrent", "first"), None),
+        "medication": np.where(mdd, np.where(kind == "fedn", "naive", "treated"), None),
+    })
+
+
+def expected_d_per_unit_beta(pheno: pd.DataFrame, site_sd: float, slope_sd: float) -> float:
+    """The published d (from the mixed-model t) that a Dx coefficient of 1 produces.
+
+    Computed densely and independently of the package: GLS variance of the Dx
+    coefficient with the true covariance V = I + site_sd^2 S + slope_sd^2 S o (dx dx'),
+    expected t = 1 / se, then d = t (n1 + n2) / (sqrt(n - p) sqrt(n1 n2)). It is below
+    2 (the coefficient-scale d of +1/-1 coding) because Dx is correlated with the
+    covariates and unevenly spread over sites, and because slopes add variance.
+    """
+    dx = np.where(pheno.dx == "MDD", 1.0, -1.0)
+    sex = np.where(pheno.sex == "M", 1.0, 2.0)
+    X = np.column_stack([np.ones(len(pheno)), dx, pheno.age, sex, pheno.education_years,
+                         pheno.mean_fd])
+    site = pd.factorize(pheno.site)[0]
+    same = (site[:, None] == site[None, :]).astype(float)
+    V = np.eye(len(pheno)) + site_sd**2 * same + slope_sd**2 * same * np.outer(dx, dx)
+    se = np.sqrt(np.linalg.inv(X.T @ np.linalg.solve(V, X))[1, 1])
+    n1, n2 = int((dx > 0).sum()), int((dx < 0).sum())
+    return float((1 / se) * (n1 + n2) / (np.sqrt(len(dx) - X.shape[1]) * np.sqrt(n1 * n2)))
+
+
+def simulate_dmn(pheno: pd.DataFrame, n_outcomes: int, d: float, seed: int,
+                 site_sd: float = 0.3, slope_sd: float = 0.02) -> np.ndarray:
+    """Outcomes (subjects x n_outcomes) with a planted effect of MDD vs HC.
+
+    The Dx coefficient is set so that the expected d of the published analysis (d from
+    the mixed-model t) equals ``d`` on this design (see expected_d_per_unit_beta).
+    """
+    rng = np.random.default_rng(seed)
+    beta = d / expected_d_per_unit_beta(pheno, site_sd, slope_sd) if d else 0.0
+    dx = np.where(pheno.dx == "MDD", 1.0, -1.0)[:, None]
+    site = pd.factorize(pheno.site)[0]
+    n_sites = site.max() + 1
+    covariates = (0.004 * (pheno.age.to_numpy() - 35) - 0.3 * (pheno.mean_fd.to_numpy() - 0.1)
+                  + 0.02 * (pheno.sex == "M").to_numpy())[:, None]
+    return (
+        0.25 + beta * dx + covariates
+        + rng.normal(0, site_sd, (n_sites, n_outcomes))[site]
+        + rng.normal(0, slope_sd, (n_sites, n_outcomes))[site] * dx
+        + rng.normal(0, 1, (len(pheno), n_outcomes))
+    )

@@ -85,7 +85,8 @@ def test_equals_single_model_fits_and_dask(consortium_features):
 
 
 def test_dask_distributed_client(consortium_features):
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     data, Y = consortium_features
     ref = mass_mixed_model(Y[:, :6], data, ["dx"], "site")
     with distributed.Client(n_workers=1, threads_per_worker=1, processes=False,

@@ -61,14 +61,16 @@ def test_random_slope_matches_statsmodels(reml):
     assert res.llf >= sm.llf - 1e-7
     np.testing.assert_allclose(res.params.to_numpy(), sm.fe_params.to_numpy(), rtol=1e-5)
     np.testing.assert_allclose(res.scale, sm.scale, rtol=1e-4)
-    np.testing.assert_allclose(res.variance_components["Intercept"], sm.cov_re.iloc[0, 0], rtol=1e-3)
-    np.testing.assert_allclose(res.variance_components["dx"], sm.vcomp[0], rtol=1e-3)
+    vc = res.variance_components
+    np.testing.assert_allclose(vc["Intercept"], sm.cov_re.iloc[0, 0], rtol=1e-4)
+    np.testing.assert_allclose(vc["dx"], sm.vcomp[0], rtol=1e-4)
     # statsmodels' bse_fe inverts the joint observed information of fixed effects and
     # variance parameters; the conditional covariance scale (X'V^-1 X)^-1 that lme4 and
     # fitlme report is the fixed-effects block of its Hessian.
     k = len(res.params)
     hess = sm.model.hessian(sm.params_object)[0][:k, :k]
-    np.testing.assert_allclose(res.bse.to_numpy(), np.sqrt(np.diag(np.linalg.inv(-hess))), rtol=1e-4)
+    sm_bse = np.sqrt(np.diag(np.linalg.inv(-hess)))
+    np.testing.assert_allclose(res.bse.to_numpy(), sm_bse, rtol=1e-5)
 
 
 def test_variance_on_the_boundary_gives_ols():

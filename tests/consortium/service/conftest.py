@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,18 +27,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def confed(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real ``confed`` command line in a subprocess."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "consortium.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"confed {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+
+
+def confed(*args: str, check: bool = True) -> Result:
+    """Run the ``confed`` command line in this process (the server runs in its own)."""
+    from typer.testing import CliRunner
+
+    from consortium.cli.main import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    if check and result.exit_code != 0:
+        raise AssertionError(f"confed {' '.join(args)} failed:\n{result.output}")
+    return Result(result.exit_code, result.output)
 
 
 class Server:
@@ -92,7 +99,10 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited early:\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
+                r = httpx.get(f"{self.url}/api/v1/health", timeout=1)
+                if r.status_code == 200:
+                    backend = "postgresql" if self.db_url else "sqlite"
+                    assert r.json()["database"] == backend, r.text
                     return self
             except httpx.TransportError:
                 pass
@@ -130,7 +140,7 @@ class Server:
         with self.client(token) as c, open(tar, "rb") as fh:
             return c.post("/submissions", content=fh, headers={"Content-Type": "application/x-tar"})
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, check: bool = True) -> Result:
         return confed("coord", *args, "--root", str(self.root), *self.db_args, check=check)
 
 
