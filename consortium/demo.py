@@ -344,9 +344,7 @@ def _real_site(folder: Path, site_dir: Path, options: RealDataOptions) -> DemoSi
     if options.max_subjects is not None:
         # A subset: the site's own table restricted to a few subjects per group, and
         # links to their files (the agent refuses files without a table row).
-        table = table.groupby(options.dx_column, group_keys=False).apply(
-            lambda g: g.head(options.max_subjects)
-        )
+        table = table.groupby(options.dx_column).head(options.max_subjects)
         (site_dir / "timeseries").mkdir()
         for subject in table[options.subject_column]:
             source = Path(pattern.replace("{subject_id}", subject))

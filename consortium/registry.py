@@ -61,3 +61,12 @@ def get_site(session: Session, site_id: str) -> Site:
     if site is None:
         raise ConfedError("not_found", f"site {site_id} not found", 404)
     return site
+
+
+def set_public_key(session: Session, site_id: str, public_key_pem: str, actor: str) -> Site:
+    """Replace a site's signing key (after a compromise or a lost key)."""
+    site = get_site(session, site_id)
+    check_public_key(public_key_pem, site_id)
+    site.public_key_pem = public_key_pem
+    audit.append(session, actor, "site.set_key", f"site:{site_id}", {})
+    return site

@@ -21,6 +21,7 @@ import random
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from sites.bundle import BundleError, export_bundle, read_bundle
 
 API = "/api/v1"
 RETRY_STATUS = {429, 500, 502, 503, 504}
+MAX_BACKOFF = 60.0
 err = Console(stderr=True)
 out = Console()
 
@@ -110,6 +112,7 @@ def upload(
     backoff: float = 1.0,
     timeout: float = 600.0,
     transport: httpx.BaseTransport | None = None,
+    on_retry: Callable[[int, Exception, float], None] | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Upload a bundle tar; returns the coordinator's answer and the attempts used.
 
@@ -137,12 +140,19 @@ def upload(
                 if response.status_code not in RETRY_STATUS:
                     raise last
             if attempt <= retries:
-                time.sleep(backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
+                delay = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF) * (0.5 + random.random())
+                if on_retry is not None:
+                    on_retry(attempt, last, delay)
+                time.sleep(delay)
     raise SubmitError(f"upload failed after {retries + 1} attempts: {last}")
 
 
 def submit(
-    bundle: Path, conn: Connection, retries: int = 5, backoff: float = 1.0
+    bundle: Path,
+    conn: Connection,
+    retries: int = 5,
+    backoff: float = 1.0,
+    on_retry: Callable[[int, Exception, float], None] | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Verify a bundle (directory or .tar) locally, then upload it."""
     bundle = Path(bundle)
@@ -155,10 +165,10 @@ def submit(
             f"{bundle}: bundle is for site {opened.site_id}, the config is for {conn.site_id}"
         )
     if bundle.is_file():
-        return upload(conn, bundle, retries, backoff)
+        return upload(conn, bundle, retries, backoff, on_retry=on_retry)
     with tempfile.TemporaryDirectory(prefix="confed-submit-") as tmp:
         tar_path = export_bundle(bundle, Path(tmp) / f"{bundle.name}.tar")
-        return upload(conn, tar_path, retries, backoff)
+        return upload(conn, tar_path, retries, backoff, on_retry=on_retry)
 
 
 def fetch_status(conn: Connection, limit: int = 20) -> dict[str, Any]:
@@ -177,6 +187,14 @@ def fetch_status(conn: Connection, limit: int = 20) -> dict[str, Any]:
     return response.json()
 
 
+def _report_retry(attempt: int, exc: Exception, delay: float) -> None:
+    err.print(
+        f"attempt {attempt} failed ({exc}); retrying in {delay:.1f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _fail(exc: BaseException) -> None:
     err.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=1)
@@ -193,11 +211,12 @@ def submit_command(
     url: str | None = UrlOpt,
     token_file: Path | None = TokenOpt,
     retries: int = typer.Option(5, help="Retries on network errors and 5xx answers."),
+    backoff: float = typer.Option(2.0, help="First retry delay in seconds (doubles each time)."),
 ) -> None:
     """Upload a bundle to the coordinator (safe to repeat: same bundle, same submission)."""
     try:
         conn = read_connection(config, url, token_file)
-        answer, attempts = submit(bundle, conn, retries)
+        answer, attempts = submit(bundle, conn, retries, backoff, _report_retry)
     except SubmitError as exc:
         _fail(exc)
     sub = answer["submission"]

@@ -329,6 +329,9 @@ def site_effects(
     for col in (outcome, dx, site, *covariates):
         if col not in data.columns:
             raise KeyError(f"column {col!r} not found in data")
+    for col in (outcome, dx, *covariates):
+        if not pd.api.types.is_numeric_dtype(data[col]):
+            raise TypeError(f"column {col!r} must be numeric (dx coded 1 case, 0 or -1 control)")
     rows = []
     for label, block in data.groupby(site, sort=True):
         d = block[dx].to_numpy(dtype=float)

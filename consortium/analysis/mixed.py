@@ -6,8 +6,9 @@ The model for observation ``i`` of group ``g`` is
     b_{g,k} ~ N(0, sigma^2 s_k^2) independent,  e_i ~ N(0, sigma^2),
 
 fitted by maximum likelihood or REML after profiling out ``beta`` and ``sigma^2``
-(Bates et al. 2015). Only the relative standard deviations ``s_k >= 0`` (lme4's
-``theta``) are optimized numerically, so a variance component can be exactly zero.
+(Bates et al. 2015). Only the variance ratios ``s_k^2 >= 0`` (``s`` is lme4's
+``theta``) are optimized numerically, with bounds, so a variance component can be
+exactly zero.
 
 Every quantity needed by the profiled criterion is a sum over groups of small
 cross-products (``Z_g'Z_g``, ``Z_g'[X y]``, ``[X y]'[X y]``), which is what lets

@@ -546,7 +546,7 @@ def make_model(name: str, grid: list[float] | None = None, seed: int = 0) -> Mod
         clf = LogisticRegression(solver="liblinear", class_weight="balanced", max_iter=1000)
         return ModelSpec(name, Pipeline([*linear, ("clf", clf)]), "C", grid)
     if name == "svm":
-        clf = LinearSVC(class_weight="balanced", max_iter=20000, random_state=seed)
+        clf = LinearSVC(class_weight="balanced", dual=True, max_iter=20000, random_state=seed)
         return ModelSpec(name, Pipeline([*linear, ("clf", clf)]), "C", grid)
     if name == "ridge":
         alphas = [1.0 / c for c in grid]
@@ -969,6 +969,12 @@ def _summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _site_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per scheme x model x site (the data of the per-site plot)."""
+    return [{"scheme": r["scheme"], "model": r["model"], "site": site, **metrics}
+            for r in results for site, metrics in r["sites"].items()]
+
+
 def _gaps(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Random-fold minus site-held-out accuracy, per model: the optimism of random folds."""
     acc = {(r["scheme"], r["model"]): r["pooled"]["accuracy"] for r in results}
@@ -1077,6 +1083,7 @@ def run_prediction(
             "config": asdict(config),
             "summary": _summary_rows(results),
             "gap": _gaps(results),
+            "per_site": _site_rows(results),
             "results": [{k: v for k, v in r.items() if k != "_oof"} for r in results],
             "figures": {"per_site": "prediction_sites.png"},
             "files": {"predictions": "predictions.csv"},

@@ -34,6 +34,7 @@ router = APIRouter(prefix="/analyses", tags=["analyses"], responses=ERROR_RESPON
 committee = require_roles("admin", "steering")
 _RUN_LOCK = threading.Lock()  # one analysis at a time per server process
 _STATE_LOCK = threading.Lock()
+_STARTED: set[str] = set()  # jobs started by this server process
 
 
 class AnalysisCreate(BaseModel):
@@ -129,6 +130,9 @@ def _run_job(root: Path, db_url: str | None, job_dir: Path, request: AnalysisCre
 
 
 def _out(coord: Coordinator, state: dict[str, Any]) -> AnalysisOut:
+    if state["status"] in ("queued", "running") and state["id"] not in _STARTED:
+        state = {**state, "status": "failed",
+                 "error": "the server stopped before this job finished; submit it again"}
     results = None
     if state["status"] == "done":
         results = json.loads(
@@ -178,6 +182,7 @@ def post_analysis(
         daemon=True,
         args=(Path(coord.settings.root), coord.settings.db_url, job_dir, body),
     )
+    _STARTED.add(job_id)
     thread.start()
     return _out(coord, state)
 

@@ -132,6 +132,31 @@ def site_add(
     typer.echo(f"site token (shown once, give it to the site): {plaintext}")
 
 
+@site_app.command("set-key")
+def site_set_key(
+    site_id: str = typer.Argument(..., help="site identifier"),
+    public_key: Path = typer.Option(..., "--public-key", help="the site's new Ed25519 public key"),
+    root: Path = RootOpt,
+    db: str | None = DbOpt,
+) -> None:
+    """Replace a site's registered public key (bundles must then be signed with the new key)."""
+    from consortium.registry import set_public_key
+
+    try:
+        pem = public_key.read_text()
+    except OSError as err:
+        _fail(ConfedError("bad_file", f"{public_key}: cannot read public key ({err})"))
+    coord = _open(root, db)
+    try:
+        with coord.db.session() as session:
+            set_public_key(session, site_id, pem, _actor())
+    except ConfedError as err:
+        _fail(err)
+    finally:
+        coord.close()
+    typer.echo(f"site {site_id}: public key replaced")
+
+
 @site_app.command("list")
 def site_list(root: Path = RootOpt, db: str | None = DbOpt, as_json: bool = JsonOpt) -> None:
     """List sites with their current submission."""

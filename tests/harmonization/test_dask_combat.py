@@ -42,9 +42,9 @@ def test_unknown_site_is_an_error():
 
 def test_local_cluster_with_memory_limit_below_data_size():
     distributed = pytest.importorskip("distributed")
-    n, V = 1000, 56_000  # 448 MB of float64, never materialised on one worker
+    n, V = 1000, 80_000  # 640 MB of float64, never materialised on one worker
     X, sites, cov = _data(n, V, seed=1, width=1000)
-    limit = 400 * 2**20
+    limit = 512 * 2**20
     assert X.nbytes > limit
     with distributed.LocalCluster(
         n_workers=1, threads_per_worker=1, memory_limit=limit, processes=True,

@@ -90,7 +90,7 @@ def test_dask_distributed_client(consortium_features):
     data, Y = consortium_features
     ref = mass_mixed_model(Y[:, :6], data, ["dx"], "site")
     with distributed.Client(n_workers=1, threads_per_worker=1, processes=False,
-                            dashboard_address=None):
+                            dashboard_address=":0"):
         res = mass_mixed_model(da.from_array(Y[:, :6], chunks=(-1, 3)), data, ["dx"], "site",
                                chunk_size=3)
     np.testing.assert_array_equal(res.tvalues.to_numpy(), ref.tvalues.to_numpy())

@@ -107,6 +107,8 @@ def test_site_effects_ols_t_and_min_group_size():
     assert out.t[0] == pytest.approx(ols.tvalues["dx"], rel=1e-10)
     g, v = hedges_g_from_t(ols.tvalues["dx"], 30, 25)
     assert (out.yi[0], out.vi[0]) == pytest.approx((g, v))
+    with pytest.raises(TypeError, match="'dx'"):
+        site_effects(data.assign(dx=np.where(data.dx > 0, "MDD", "HC")), "y", "dx", "site")
 
 
 def test_leave_one_out(bcg):

@@ -35,7 +35,7 @@ def _key(site_dir: Path, site_id: str, subject: str) -> str:
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    return run_demo(out, n_sites=3, subjects_scale=0.12, seed=7, min_per_group=3,
+    return run_demo(out, n_sites=3, subjects_scale=0.08, seed=7, min_per_group=3,
                     progress=False)
 
 
@@ -87,27 +87,36 @@ def test_refuses_foreign_output_folder(tmp_path: Path) -> None:
 
 
 def test_real_data_variant_on_two_abide_sites(abide_dir: Path, tmp_path: Path) -> None:
-    options = RealDataOptions(sites=("CALTECH", "KKI"), max_subjects=5)
+    options = RealDataOptions(sites=("NYU", "STANFORD"), max_subjects=6)
     result = run_demo(tmp_path / "out", data=abide_dir, real=options, min_per_group=3,
                       progress=False)
     summary = result.summary
     assert summary["mode"] == "real data" and summary["sites"] == 2
-    assert summary["subjects_in_site_files"] == 20
-    assert summary["analysed"]["n"] + summary["qc_excluded"] == 20
+    assert summary["subjects_in_site_files"] == 24
+    # QC exclusions recomputed with numpy: a constant ROI, mean FD > 0.2 mm, < 50 volumes.
+    series, excluded = {}, 0
+    for site in options.sites:
+        table = pd.read_csv(abide_dir / site / "participants.csv", dtype={"FILE_ID": str})
+        for _, row in table.groupby("DX_GROUP").head(6).iterrows():
+            with gzip.open(abide_dir / site / f"{row.FILE_ID}_rois_ho.1D.gz", "rt") as fh:
+                ts = np.loadtxt(fh, comments="#")
+            bad = (ts.std(axis=0) == 0).any() or row.func_mean_fd > 0.2 or len(ts) < 50
+            excluded += bool(bad)
+            if not bad:
+                series[(site, row.FILE_ID)] = ts
+    assert summary["qc_excluded"] == excluded
+    assert summary["analysed"]["n"] == 24 - excluded == len(series)
     assert set(summary["analyses"]) == {"edges"}
     dataset = open_release(result.out / "coordinator", "demo-1")
     assert dataset.dx_labels == {"case": "ASD", "control": "TDC"}
-    # One real subject's FC, recomputed with numpy from the ABIDE file.
-    table = pd.read_csv(abide_dir / "KKI" / "participants.csv", dtype=str)
-    included = set(dataset.subjects["subject_key"])
-    site_dir = result.out / "sites" / "KKI"
-    subject = next(s for s in table["FILE_ID"] if _key(site_dir, "KKI", s) in included)
-    with gzip.open(abide_dir / "KKI" / f"{subject}_rois_ho.1D.gz", "rt") as fh:
-        ts = np.loadtxt(fh, comments="#")
-    r = np.corrcoef(ts, rowvar=False)
-    expected = np.arctanh(r[np.triu_indices(111, k=1)])
-    row = np.flatnonzero(dataset.subjects["subject_key"] == _key(site_dir, "KKI", subject))[0]
-    np.testing.assert_allclose(dataset.connectivity("ho111")[row], expected, atol=1e-4)
+    # Every released subject's FC equals numpy's on the ABIDE file.
+    keys = dataset.subjects["subject_key"].tolist()
+    fc = dataset.connectivity("ho111")
+    iu = np.triu_indices(111, k=1)
+    for (site, subject), ts in series.items():
+        row = keys.index(_key(result.out / "sites" / site, site, subject))
+        expected = np.arctanh(np.corrcoef(ts, rowvar=False)[iu])
+        np.testing.assert_allclose(fc[row], expected, atol=1e-4)
     assert 'id="summary"' in result.report.read_text()
 
 

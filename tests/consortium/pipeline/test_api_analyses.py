@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -105,3 +106,16 @@ def test_cli_analyze_a_release(coordinator, tmp_path):
     result = CliRunner().invoke(cli, ["analyze", "dmn", "--release", "r9", "--root", str(root),
                                       "--quiet", "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "r9" in result.output
+
+
+def test_job_interrupted_by_a_restart_reads_as_failed(coordinator):
+    client, admin, _, root = coordinator
+    job_id = "0" * 32
+    folder = root / "analyses" / job_id
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({
+        "id": job_id, "status": "running", "submitted_by": "admin",
+        "submitted_at": "2026-01-01T00:00:00+00:00", "finished_at": None, "error": None,
+        "request": {"release": "r1", "kind": "dmn"}}))
+    state = client.get(f"/api/v1/analyses/{job_id}", headers=admin).json()
+    assert state["status"] == "failed" and "server stopped" in state["error"]

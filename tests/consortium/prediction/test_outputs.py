@@ -51,6 +51,13 @@ def test_run_prediction_writes_results_the_report_can_render(tmp_path):
     assert doc["seed"] == 0 and doc["config"]["grid"] == [0.01, 0.1]
     assert doc["gap"]["logistic"]["stratified-kfold_minus_leave-one-site-out"] == pytest.approx(
         doc["results"][2]["pooled"]["accuracy"] - loso["pooled"]["accuracy"])
+    assert len(doc["per_site"]) == 3 * 4 and doc["per_site"][0]["site"] == "site0"
+    # the HTML report renders it (section, summary table, embedded per-site plot)
+    from consortium.report.render import render_report
+
+    html = render_report([out], tmp_path / "report.html").read_text()
+    assert 'id="prediction"' in html and "leave-one-site-out" in html
+    assert "data:image/png;base64," in html
 
 
 def test_null_data_permutation_p_is_not_small():
@@ -166,9 +173,9 @@ def test_cli_on_site_bundles(abide_dir, tmp_path):
     from tests.factories import build_abide_bundle
 
     data = _abide_subset(abide_dir, tmp_path / "abide", sites=("KKI", "NYU", "PITT", "USM"))
-    for site in ("KKI", "NYU", "PITT", "USM"):
-        build_abide_bundle(data, site, tmp_path / "bundles" / site)
-    included = sum(len(read_bundle(p).subjects) for p in (tmp_path / "bundles").iterdir())
+    built = [build_abide_bundle(data, site, tmp_path / "bundles" / site)
+             for site in ("KKI", "NYU", "PITT", "USM")]
+    included = sum(len(read_bundle(p).subjects) for p in built)
     out = tmp_path / "pred"
     result = CliRunner().invoke(app, [
         "predict", "run", "--bundles", str(tmp_path / "bundles"), "--out", str(out),

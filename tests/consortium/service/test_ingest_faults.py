@@ -37,7 +37,8 @@ def test_refused_uploads(tmp_path, db_url, site_keys, small_tars, spoil):
         # Another site's bundle, or a bundle signed with another site's key: 403.
         msg = _code(srv.upload(t2, good), 403, "site_mismatch")
         assert "S01" in msg and "S02" in msg
-        _code(srv.upload(t2, spoil("S02", signer="S01")), 403, "signature_invalid")
+        signed_by_s01 = spoil("S02", signer="S01")
+        _code(srv.upload(t2, signed_by_s01), 403, "signature_invalid")
 
         # Corrupted file inside the archive (same length, one byte changed): checksum.
         data = bytearray(good.read_bytes())
@@ -138,6 +139,18 @@ def test_refused_uploads(tmp_path, db_url, site_keys, small_tars, spoil):
             "unsupported_format_version",
         } <= codes
         assert status["current"]["id"] == r1.json()["submission"]["id"]
+
+        # Offline import: the same checks as an upload.
+        nan_tar = spoil("S01", edit=nan_edge)
+        res = srv.cli("import", str(nan_tar), check=False)
+        assert res.returncode == 1 and "connectivity_toy.parquet: non-finite" in res.stdout
+        srv.add_site("S03", site_keys["S03"][1])
+        assert "imported: submission" in srv.cli("import", str(small_tars["S03"])).stdout
+        assert "already present" in srv.cli("import", str(small_tars["S03"])).stdout
+
+        # After a key rotation the bundle signed with the new key is accepted.
+        srv.cli("site", "set-key", "S02", "--public-key", str(site_keys["S01"][1]))
+        assert srv.upload(t2, signed_by_s01).status_code == 201
 
         fsck = srv.cli("fsck")
         assert "store clean" in fsck.stdout
@@ -250,16 +263,20 @@ def test_killed_mid_ingest_then_retry(tmp_path, db_url, site_keys, small_tars):
             "--config",
             str(site_toml),
             "--retries",
-            "8",
+            "12",
+            "--backoff",
+            "0.25",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    time.sleep(1.0)
+    first = submit.stdout.readline()
+    assert "attempt 1 failed" in first and "retrying" in first, first
     srv.start(port=port)
     try:
         output, _ = submit.communicate(timeout=120)
+        output = first + output
         assert submit.returncode == 0, output
         assert "accepted: submission" in output and "attempts" in output
         assert not marker.exists(), "restart clears leftovers of the killed ingest"
