@@ -297,7 +297,9 @@ def _simulate(
     design = sim.simulate_design()
     sim.calibrate()
     with stages.stage("simulate site files", total=design["site_id"].nunique()) as advance:
-        simulated = sim.write(out / "sites", progress=lambda *_: advance(), n_jobs=jobs)
+        # Worker processes pay off only when there is much to write.
+        n_jobs = jobs if len(design) > 400 else 1
+        simulated = sim.write(out / "sites", progress=lambda *_: advance(), n_jobs=n_jobs)
     sites = [
         DemoSite(
             s.site_id,

@@ -119,6 +119,9 @@ GLOBAL_SHARE = {
 }
 
 
+_CALIBRATIONS: dict[tuple, tuple[float, float]] = {}
+
+
 class SimulationError(ValueError):
     """Invalid simulator options."""
 
@@ -517,8 +520,23 @@ class ConsortiumSimulator:
         """Calibrate the latent DMN shift so that mean DMN FC differs by ``d`` SDs.
 
         Uses a pilot of ``n_pilot`` controls drawn from the pooled design (no
-        site effects) with a fixed seed, independent of ``seed``.
+        site effects) with a fixed seed, independent of ``seed``. The result
+        depends only on the signal model, the atlas and the facts, and is cached
+        per process for the shipped facts.
         """
+        key = (repr(replace(self.model, effect_size=0.0)), self.atlas_.name, n_pilot, probe)
+        if self.facts is None and key in _CALIBRATIONS:
+            sigma, kappa = _CALIBRATIONS[key]
+        else:
+            sigma, kappa = self._pilot(n_pilot, probe)
+            if self.facts is None:
+                _CALIBRATIONS[key] = (sigma, kappa)
+        self.calibration_ = Calibration(
+            sigma=sigma, kappa=kappa, shift=self.model.effect_size * sigma / kappa
+        )
+        return self.calibration_
+
+    def _pilot(self, n_pilot: int, probe: float) -> tuple[float, float]:
         facts = load_site_facts() if self.facts is None else self.facts
         pooled = facts[facts["group"] == "HC"].copy()
         rng = np.random.default_rng(np.random.SeedSequence([20190415, 1]))
@@ -553,10 +571,7 @@ class ConsortiumSimulator:
         beta, *_ = np.linalg.lstsq(covars, outcome[0], rcond=None)
         resid = outcome[0] - covars @ beta
         sigma = float(np.sqrt(resid @ resid / (len(pilot) - covars.shape[1])))
-        self.calibration_ = Calibration(
-            sigma=sigma, kappa=kappa, shift=self.model.effect_size * sigma / kappa
-        )
-        return self.calibration_
+        return sigma, kappa
 
     # -- writing files
 

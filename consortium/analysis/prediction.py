@@ -700,30 +700,38 @@ def _inner_auc(y: np.ndarray, score: np.ndarray) -> float:
 
 
 def _tune(
-    data: _Data, train: np.ndarray, spec: ModelSpec, config: PredictionConfig
-) -> tuple[float | None, list[float]]:
-    """Hyperparameter with the best mean inner-fold AUC (ties: the first, most regularized)."""
-    if spec.param is None:
-        return None, []
-    if len(spec.grid) == 1:
-        return spec.grid[0], []
+    data: _Data, train: np.ndarray, specs: list[ModelSpec], config: PredictionConfig
+) -> dict[str, tuple[float | None, list[float]]]:
+    """Per model, the value with the best mean inner-fold AUC (ties: the most regularized).
+
+    Each inner fold is harmonized once and shared by all models and values.
+    """
+    out: dict[str, tuple[float | None, list[float]]] = {
+        s.name: (s.grid[0] if s.param else None, []) for s in specs
+    }
+    tuned = [s for s in specs if s.param is not None and len(s.grid) > 1]
+    if not tuned:
+        return out
     y = data.y[train]
     min_sites = 2 if config.harmonize == "combat" else 1
     splits = inner_splits(data.sites[train], config.inner_folds, min_sites)
-    table = np.full((len(splits), len(spec.grid)), np.nan)
+    tables = {s.name: np.full((len(splits), len(s.grid)), np.nan) for s in tuned}
     for k, (itr, iva) in enumerate(splits):
         Xtr, Xva = _harmonized(data, train[itr], train[iva], y[itr], config)
-        prefix = clone(spec.pipeline[:-1]).fit(Xtr, y[itr])
-        Ztr, Zva = prefix.transform(Xtr), prefix.transform(Xva)
-        for j, value in enumerate(spec.grid):
-            clf = clone(spec.pipeline[-1]).set_params(**{spec.param: value}).fit(Ztr, y[itr])
-            table[k, j] = _inner_auc(y[iva], _scores(clf, Zva))
-    if np.isnan(table).all():
-        held_in = sorted(set(data.sites[train].tolist()))
-        raise PredictionError(f"no inner fold of the training sites {held_in} has both classes")
-    means = np.nanmean(table, axis=0)
-    best = int(np.nanargmax(means))
-    return spec.grid[best], [float(v) for v in means]
+        for spec in tuned:
+            prefix = clone(spec.pipeline[:-1]).fit(Xtr, y[itr])
+            Ztr, Zva = prefix.transform(Xtr), prefix.transform(Xva)
+            for j, value in enumerate(spec.grid):
+                clf = clone(spec.pipeline[-1]).set_params(**{spec.param: value}).fit(Ztr, y[itr])
+                tables[spec.name][k, j] = _inner_auc(y[iva], _scores(clf, Zva))
+    for spec in tuned:
+        table = tables[spec.name]
+        if np.isnan(table).all():
+            held_in = sorted(set(data.sites[train].tolist()))
+            raise PredictionError(f"no inner fold of the training sites {held_in} has both classes")
+        means = np.nanmean(table, axis=0)
+        out[spec.name] = (spec.grid[int(np.nanargmax(means))], [float(v) for v in means])
+    return out
 
 
 def _fit_fold(
@@ -731,37 +739,49 @@ def _fit_fold(
     k: int,
     train: np.ndarray,
     test: np.ndarray,
-    spec: ModelSpec,
+    specs: list[ModelSpec],
     config: PredictionConfig,
-    fixed: float | None,
-) -> dict[str, Any]:
+    fixed: dict[str, float | None] | None,
+) -> list[dict[str, Any]]:
+    """Fit every model on one outer fold (one harmonization shared by all)."""
     if fixed is not None:
-        value, inner = fixed, []
+        chosen = {name: (value, []) for name, value in fixed.items()}
     else:
-        value, inner = _tune(data, train, spec, config)
+        chosen = _tune(data, train, specs, config)
     Xtr, Xte = _harmonized(data, train, test, data.y[train], config)
-    model = clone(spec.pipeline)
-    if spec.param is not None:
-        model.set_params(**{f"clf__{spec.param}": value})
-    model.fit(Xtr, data.y[train])
-    score = _scores(model, Xte)
-    if hasattr(model, "decision_function"):
-        # the predict rule of scikit-learn's linear classifiers, without a second projection
-        pred = model.classes_[(score > 0).astype(int)].astype(int)
-    else:
-        pred = np.asarray(model.predict(Xte), dtype=int)
-    return {"fold": k, "test": test, "pred": pred, "score": score, "value": value, "inner": inner}
+    out = []
+    for spec in specs:
+        value, inner = chosen[spec.name]
+        model = clone(spec.pipeline)
+        if spec.param is not None:
+            model.set_params(**{f"clf__{spec.param}": value})
+        model.fit(Xtr, data.y[train])
+        score = _scores(model, Xte)
+        if hasattr(model, "decision_function"):
+            # the predict rule of scikit-learn's linear classifiers, without a second projection
+            pred = model.classes_[(score > 0).astype(int)].astype(int)
+        else:
+            pred = np.asarray(model.predict(Xte), dtype=int)
+        out.append({"fold": k, "test": test, "pred": pred, "score": score, "value": value,
+                    "inner": inner})
+    return out
 
 
 def _run(
-    data: _Data, scheme: str, spec: ModelSpec, config: PredictionConfig, fixed: float | None = None
-) -> list[dict[str, Any]]:
+    data: _Data,
+    scheme: str,
+    specs: list[ModelSpec],
+    config: PredictionConfig,
+    fixed: dict[str, float | None] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Fold results of every model for one scheme, keyed by model name."""
     splits = outer_splits(scheme, data.y, data.sites, config.n_folds, config.seed)
     jobs = (
-        delayed(_fit_fold)(data, k, tr, te, spec, config, fixed)
+        delayed(_fit_fold)(data, k, tr, te, specs, config, fixed)
         for k, (tr, te) in enumerate(splits)
     )
-    return list(Parallel(n_jobs=config.n_jobs)(jobs))
+    per_fold = list(Parallel(n_jobs=config.n_jobs)(jobs))
+    return {spec.name: [fold[m] for fold in per_fold] for m, spec in enumerate(specs)}
 
 
 def _summarize(
@@ -818,42 +838,48 @@ def _most_chosen(result: dict[str, Any]) -> float | None:
     return float(best[0])
 
 
-def _permutation_test(
+def _permutation_tests(
     data: _Data,
-    result: dict[str, Any],
-    spec: ModelSpec,
+    results: list[dict[str, Any]],
+    specs: list[ModelSpec],
     config: PredictionConfig,
     seed_seq: np.random.SeedSequence,
-) -> dict[str, Any]:
-    fixed = _most_chosen(result) if config.permutation_tuning == "fixed" else None
+) -> None:
+    """Add ``permutation`` to each result of one scheme (same permutations for all models)."""
+    fixed = None
+    if config.permutation_tuning == "fixed":
+        fixed = {r["model"]: _most_chosen(r) for r in results}
     rng = np.random.default_rng(seed_seq)
-    null: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "auc": []}
+    scheme = results[0]["scheme"]
+    metrics = ("accuracy", "balanced_accuracy", "auc")
+    null = {r["model"]: {m: [] for m in metrics} for r in results}
     for _ in range(config.n_permutations):
         y_perm = permute_within_site(data.y, data.sites, rng)
         perm = _Data(data.X, y_perm, data.sites, data.phenotypes, data.extra)
-        pooled = _summarize(
-            perm, result["scheme"], spec, _run(perm, result["scheme"], spec, config, fixed)
-        )["pooled"]
-        for metric in null:
-            null[metric].append(pooled[metric])
-    out: dict[str, Any] = {
-        "n_permutations": config.n_permutations,
-        "tuning": config.permutation_tuning,
-        "fixed_value": fixed,
-        "within_site": True,
-    }
-    for metric, values in null.items():
-        observed = result["pooled"][metric]
-        arr = np.asarray(values, dtype=float)
-        out[metric] = {
-            "observed": observed,
-            "null_mean": float(arr.mean()),
-            "null_sd": float(arr.std(ddof=1)) if arr.size > 1 else None,
-            "null_95": float(np.quantile(arr, 0.95)),
-            "p_value": float((1 + np.sum(arr >= observed)) / (1 + arr.size)),
-            "null": [float(v) for v in arr],
+        folds = _run(perm, scheme, specs, config, fixed)
+        for spec in specs:
+            pooled = _summarize(perm, scheme, spec, folds[spec.name])["pooled"]
+            for m in metrics:
+                null[spec.name][m].append(pooled[m])
+    for r in results:
+        out: dict[str, Any] = {
+            "n_permutations": config.n_permutations,
+            "tuning": config.permutation_tuning,
+            "fixed_value": fixed[r["model"]] if fixed else None,
+            "within_site": True,
         }
-    return out
+        for m in metrics:
+            observed = r["pooled"][m]
+            arr = np.asarray(null[r["model"]][m], dtype=float)
+            out[m] = {
+                "observed": observed,
+                "null_mean": float(arr.mean()),
+                "null_sd": float(arr.std(ddof=1)) if arr.size > 1 else None,
+                "null_95": float(np.quantile(arr, 0.95)),
+                "p_value": float((1 + np.sum(arr >= observed)) / (1 + arr.size)),
+                "null": [float(v) for v in arr],
+            }
+        r["permutation"] = out
 
 
 def cross_validate(
@@ -876,23 +902,28 @@ def cross_validate(
         site from the out-of-fold predictions; for a leave-one-site-out run,
         per held-out site), ``permutation`` (when requested) and ``_oof``
         (out-of-fold predictions, not written to JSON).
+
+    Notes
+    -----
+    All models of a scheme share the folds and each fold's harmonization; the
+    permutation test uses the same permuted labels for all models. The
+    permutations of scheme number ``i`` are drawn from
+    ``np.random.SeedSequence(seed).spawn(n_schemes)[i]``.
     """
     config = config or PredictionConfig()
     config.check()
     data = _prepare(features, config)
     if len(np.unique(data.y)) != 2:
         raise PredictionError("prediction needs both cases and controls")
-    n_runs = len(config.schemes) * len(config.models)
-    seeds = iter(np.random.SeedSequence(config.seed).spawn(n_runs))
+    specs = [make_model(name, config.grid, config.seed) for name in config.models]
+    seeds = np.random.SeedSequence(config.seed).spawn(len(config.schemes))
     results = []
-    for scheme in config.schemes:
-        for name in config.models:
-            spec = make_model(name, config.grid, config.seed)
-            result = _summarize(data, scheme, spec, _run(data, scheme, spec, config))
-            seed_seq = next(seeds)
-            if config.n_permutations and scheme in config.permutation_schemes:
-                result["permutation"] = _permutation_test(data, result, spec, config, seed_seq)
-            results.append(result)
+    for scheme, seed_seq in zip(config.schemes, seeds, strict=True):
+        folds = _run(data, scheme, specs, config)
+        block = [_summarize(data, scheme, spec, folds[spec.name]) for spec in specs]
+        if config.n_permutations and scheme in config.permutation_schemes:
+            _permutation_tests(data, block, specs, config, seed_seq)
+        results += block
     return results
 
 

@@ -131,8 +131,11 @@ def _run_job(root: Path, db_url: str | None, job_dir: Path, request: AnalysisCre
 
 def _out(coord: Coordinator, state: dict[str, Any]) -> AnalysisOut:
     if state["status"] in ("queued", "running") and state["id"] not in _STARTED:
-        state = {**state, "status": "failed",
-                 "error": "the server stopped before this job finished; submit it again"}
+        state = {
+            **state,
+            "status": "failed",
+            "error": "the server stopped before this job finished; submit it again",
+        }
     results = None
     if state["status"] == "done":
         results = json.loads(

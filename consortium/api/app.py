@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -10,6 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
 from consortium.settings import Settings
+
+log = logging.getLogger("confed.coordinator")
 
 API_PREFIX = "/api/v1"
 VERSION = "0.1.0"
@@ -41,6 +45,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(
+            error_body("internal_error", f"internal error ({type(exc).__name__}); see server log"),
+            500,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:

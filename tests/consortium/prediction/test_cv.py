@@ -148,22 +148,23 @@ def test_row_space_projection_passes_tall_data_unchanged():
 def test_a_test_fold_never_sees_its_labels():
     """Flipping the held-out subjects' labels leaves their scores unchanged."""
     feats = simulate_sites(seed=2, n_sites=5, n_per_site=20, n_features=60, effect=2.0)
-    config = P.PredictionConfig(models=["logistic"], grid=[0.01, 0.1], inner_folds=2)
+    config = P.PredictionConfig(models=["logistic", "svm"], grid=[0.01, 0.1], inner_folds=2)
     data = P._prepare(feats, config)
     test = np.flatnonzero(feats.sites == "site1")
     train = np.flatnonzero(feats.sites != "site1")
-    spec = P.make_model("logistic", config.grid)
-    first = P._fit_fold(data, 0, train, test, spec, config, None)
+    specs = [P.make_model(name, config.grid) for name in config.models]
+    first = P._fit_fold(data, 0, train, test, specs, config, None)
     flipped = P._Data(data.X, data.y.copy(), data.sites, data.phenotypes, data.extra)
     flipped.y[test] = 1 - flipped.y[test]
-    second = P._fit_fold(flipped, 0, train, test, spec, config, None)
-    assert np.array_equal(first["score"], second["score"])
-    assert first["value"] == second["value"]
+    second = P._fit_fold(flipped, 0, train, test, specs, config, None)
+    for a, b in zip(first, second, strict=True):
+        assert np.array_equal(a["score"], b["score"])
+        assert a["value"] == b["value"]
     # ... while the training labels do matter (the check can fail)
     changed = P._Data(data.X, data.y.copy(), data.sites, data.phenotypes, data.extra)
     changed.y[train] = 1 - changed.y[train]
-    third = P._fit_fold(changed, 0, train, test, spec, config, None)
-    assert not np.allclose(first["score"], third["score"])
+    third = P._fit_fold(changed, 0, train, test, specs, config, None)
+    assert not np.allclose(first[0]["score"], third[0]["score"])
 
 
 def test_fold_combat_uses_training_case_fraction_for_test_subjects():

@@ -99,6 +99,12 @@ def test_three_abide_sites_release(server, abide_bundles, tmp_path):
     res = server.cli("release", "create", "abide-r3", "--exclude-subjects", str(bad), check=False)
     assert res.returncode == 1 and "not in any released submission" in res.stdout
 
+    # A release of chosen sites only.
+    out = server.cli("release", "create", "abide-two", "--sites", "S01,S03").stdout
+    assert "S01" in out and "S03" in out and "S02" not in out
+    res = server.cli("release", "create", "abide-x", "--sites", "S09", check=False)
+    assert res.returncode == 1 and "site S09 not found" in res.stdout
+
     # Group minimum counts are recorded as flags, not refusals (ABIDE KKI: 2 ASD of 15).
     with server.client() as c:
         subs = {s["site_id"]: s for s in c.get("/submissions").json()}
