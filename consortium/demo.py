@@ -7,16 +7,21 @@ production, only on loopback:
    (or, with ``data=DIR``, real per-site folders laid out like the ABIDE PCP
    release are described in place).
 2. *Coordinator*: ``confed coord init`` makes a root with an SQLite database
-   under ``out/coordinator``, and ``confed coord serve`` runs as a separate
-   process on a free loopback port.
-3. *Sites*: ``confed site init`` makes each site's keys and config;
-   ``confed coord site add`` registers the public key and issues the site
-   token; ``confed site compute`` runs for every site in its own process,
-   concurrently, and ``confed site submit`` uploads each bundle over HTTP.
-4. *Release and analyses*: ``confed coord release create`` freezes the
-   submissions; :func:`consortium.analysis.pipeline.run_analysis` runs the DMN
-   mixed model (with and without ComBat) and site meta-analysis, the network
-   means, every edge and every voxel on the release; and
+   under ``out/coordinator`` (in its own process, while the site files are
+   written), and ``confed coord serve`` runs as a separate process on a free
+   loopback port.
+3. *Sites*: ``confed site init`` makes each site's keys and config (the
+   command's function, called in this process); the coordinator operator
+   registers each public key over the HTTP API with the admin token (what
+   ``confed coord site add`` does on the coordinator host) and hands the site
+   its token. Each site then runs ``confed site compute`` and
+   ``confed site submit`` in its own process (``python -m consortium.demo
+   site ...``), several sites at once, largest first.
+4. *Release and analyses*: the release is created over the API (as
+   ``confed coord release create``);
+   :func:`consortium.analysis.pipeline.run_analysis` runs the DMN mixed model
+   (with and without ComBat) and site meta-analysis, the network means, every
+   edge and every voxel on :func:`consortium.releases.open_release`; and
    :func:`consortium.report.render_report` writes one HTML page.
 
 Timings of every stage, the planted and recovered effect sizes and the QC

@@ -44,6 +44,7 @@ import pandas as pd
 __all__ = ["ComBat", "combat", "CovariateEncoder", "EBResult", "empirical_bayes"]
 
 _CHUNK_BYTES = 8 * 2**20  # below glibc's mmap threshold: temporaries are reused
+_BLOCK_BYTES = 2 * 2**20  # one block of sorted data in the two ComBat passes (cache sized)
 _FORMAT_VERSION = 1
 
 
@@ -211,29 +212,91 @@ class LSStats:
     constant: np.ndarray
 
 
+class _SiteBlocks:
+    """Subjects sorted by site once, so each site is a contiguous block of rows.
+
+    Per-site sums become ``np.add.reduceat`` over the sorted rows (one
+    addition per element, where a one-hot matrix product costs 2 x n_sites
+    flops per element) and per-site broadcasts are slices.
+    """
+
+    def __init__(self, site_idx: np.ndarray, n_sites: int, allow_empty: bool = False) -> None:
+        self.order = np.argsort(site_idx, kind="stable")
+        self.counts = np.bincount(site_idx, minlength=n_sites)
+        empty = np.flatnonzero(self.counts == 0)
+        if empty.size and not allow_empty:
+            raise ValueError(f"site index {empty[0]} has no subjects")
+        self.stops = np.cumsum(self.counts)
+        self.starts = self.stops - self.counts
+
+    def gather(self, X: np.ndarray, cols: slice) -> np.ndarray:
+        """Columns ``cols`` of X as float64, rows sorted by site (a new array)."""
+        src = X[:, cols]
+        if src.dtype != np.float64:
+            src = src.astype(np.float64)
+        return np.take(src, self.order, axis=0)
+
+    def scatter(self, sorted_block: np.ndarray, out: np.ndarray) -> None:
+        """Write rows sorted by site back in the original subject order."""
+        out[self.order] = sorted_block
+
+    def sums(self, Xs: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(Xs, self.starts, axis=0)
+
+    def blocks(self):
+        return zip(self.starts, self.stops, strict=True)
+
+
 def least_squares_stats(
     X: np.ndarray, design: np.ndarray, site_idx: np.ndarray, n_sites: int, chunk: int | None = None
 ) -> LSStats:
-    """One pass over X (in feature chunks): coefficients and per-site residual SS."""
+    """One pass over X (in feature chunks): coefficients and per-site residual SS.
+
+    ``design`` is the one-hot site columns (``n_sites`` of them, in site
+    order) followed by the covariate columns. The coefficients solve the
+    normal equations ``(D'D) b = D'x``; ``D'x`` is the per-site sums plus
+    ``C'x``, and the residuals are formed in place, so the only temporaries
+    are one block of the (sorted) data and ``C b`` for it.
+    """
     n, V = X.shape
+    _check_site_columns(design, site_idx, n_sites)
     gram_inv = np.linalg.inv(design.T @ design)
-    onehot = np.zeros((n, n_sites))
-    onehot[np.arange(n), site_idx] = 1.0
-    counts = onehot.sum(axis=0)
+    sb = _SiteBlocks(site_idx, n_sites)
+    cov_sorted = np.ascontiguousarray(design[sb.order, n_sites:])
+    several = sb.counts > 1
     coef = np.empty((design.shape[1], V))
     ssr = np.empty((n_sites, V))
     constant = np.zeros(V, dtype=bool)
-    for cols in _chunks(n, V, chunk):
-        Xc = np.asarray(X[:, cols], dtype=np.float64)
-        _check_finite_chunk(Xc, cols)
-        DtX = design.T @ Xc
-        coef[:, cols] = gram_inv @ DtX
-        resid = Xc - design @ coef[:, cols]
-        np.square(resid, out=resid)
-        ssr[:, cols] = onehot.T @ resid
-        del resid
-        constant[cols] = _constant_within_site(Xc, onehot, counts, site_idx, DtX[:n_sites])
+    for cols in _chunks(n, V, chunk or _block_cols(n)):
+        Xs = sb.gather(X, cols)
+        site_sums = sb.sums(Xs)
+        if not np.isfinite(site_sums).all():
+            _check_finite_chunk(np.asarray(X[:, cols]), cols)
+        DtX = np.vstack([site_sums, cov_sorted.T @ Xs])
+        b = coef[:, cols] = gram_inv @ DtX
+        # exact: zero variance <=> max == min within a site of more than one subject
+        same = np.maximum.reduceat(Xs, sb.starts, axis=0) == np.minimum.reduceat(
+            Xs, sb.starts, axis=0
+        )
+        constant[cols] = (same & several[:, None]).any(axis=0)
+        if cov_sorted.shape[1]:
+            Xs -= cov_sorted @ b[n_sites:]
+        for j, (a, z) in enumerate(sb.blocks()):
+            Xs[a:z] -= b[j]
+        np.square(Xs, out=Xs)
+        ssr[:, cols] = sb.sums(Xs)
     return LSStats(coef=coef, ssr_site=ssr, constant=constant)
+
+
+def _block_cols(n_rows: int) -> int:
+    return max(1, _BLOCK_BYTES // (8 * max(n_rows, 1)))
+
+
+def _check_site_columns(design: np.ndarray, site_idx: np.ndarray, n_sites: int) -> None:
+    onehot = np.zeros((site_idx.size, n_sites))
+    onehot[np.arange(site_idx.size), site_idx] = 1.0
+    if not np.array_equal(design[:, :n_sites], onehot):
+        raise ValueError("the first design columns must be the one-hot site indicators")
 
 
 def _constant_within_site(
@@ -421,24 +484,31 @@ def adjust(
     n, V = X.shape
     if out is None:
         out = np.empty((n, V), dtype=np.float64)
+    sb = _SiteBlocks(site_idx, gamma_star.shape[0], allow_empty=True)
+    cov_sorted = np.ascontiguousarray(cov_design[sb.order])
     sd = np.sqrt(var_pooled)
-    for cols in _chunks(n, V, chunk):
-        Xc = np.asarray(X[:, cols], dtype=np.float64)
-        if check:
-            _check_finite_chunk(Xc, cols)
-        mean = cov_design @ cov_coef[:, cols]
+    for cols in _chunks(n, V, chunk or _block_cols(n)):
+        Xs = sb.gather(X, cols)
+        if check and not np.isfinite(Xs.sum(axis=0)).all():
+            _check_finite_chunk(np.asarray(X[:, cols]), cols)
+        mean = cov_sorted @ cov_coef[:, cols] if cov_sorted.shape[1] else np.zeros(Xs.shape)
         mean += grand_mean[cols]
-        shift = (gamma_star[:, cols] * sd[cols])[site_idx]
-        res = np.subtract(Xc, mean, out=out[:, cols])
-        res -= shift
-        del shift
-        res *= (1.0 / np.sqrt(delta_star[:, cols]))[site_idx]
-        res += mean
+        Xs -= mean
+        shift = gamma_star[:, cols] * sd[cols]
+        scale = 1.0 / np.sqrt(delta_star[:, cols])
+        for j, (a, z) in enumerate(sb.blocks()):
+            if a < z:
+                Xs[a:z] -= shift[j]
+                Xs[a:z] *= scale[j]
+        Xs += mean
+        del mean
+        res = out[:, cols]
+        sb.scatter(Xs, res)
         if keep_rows is not None and keep_rows.any():
-            res[keep_rows] = Xc[keep_rows]
+            res[keep_rows] = X[keep_rows, cols]
         if keep_cols is not None and keep_cols[cols].any():
             k = np.flatnonzero(keep_cols[cols])
-            res[:, k] = Xc[:, k]
+            res[:, k] = X[:, cols][:, k]
     return out
 
 
