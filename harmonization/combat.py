@@ -13,9 +13,11 @@ features and removes them. The numbers are the same as R ``neuroCombat`` /
 no-EB, mean-only, reference site).
 
 The engine never forms the standardized data: one pass over the features
-(in chunks) gives the least-squares coefficients and, per site, the residual
-sums of squares, which are all that the empirical Bayes step needs; a second
-pass writes the harmonized data.
+(in cache-sized chunks, subjects sorted by site so that per-site sums are
+contiguous slices) gives the least-squares coefficients and, per site, the
+residual sums of squares, which are all that the empirical Bayes step needs;
+a second pass over blocks of whole subject rows writes the harmonized data.
+The only array of X's size that is allocated is the output.
 
 References
 ----------
@@ -44,7 +46,9 @@ import pandas as pd
 __all__ = ["ComBat", "combat", "CovariateEncoder", "EBResult", "empirical_bayes"]
 
 _CHUNK_BYTES = 8 * 2**20  # below glibc's mmap threshold: temporaries are reused
-_BLOCK_BYTES = 2 * 2**20  # one block of sorted data in the two ComBat passes (cache sized)
+_BLOCK_BYTES = 2 * 2**20  # one block of site-sorted data in the least-squares pass
+_ADJUST_BYTES = 512 * 2**10  # one block of rows x features in the adjustment pass
+_ADJUST_COLS = 8192
 _FORMAT_VERSION = 1
 
 
@@ -184,12 +188,12 @@ def _check_rank(design: np.ndarray, names: list[str]) -> None:
             )
 
 
-def _check_finite_chunk(Xc: np.ndarray, cols: slice) -> None:
+def _check_finite_chunk(Xc: np.ndarray, cols: slice, row0: int = 0) -> None:
     if np.isfinite(Xc).all():
         return
     row, col = np.argwhere(~np.isfinite(Xc))[0]
     raise ValueError(
-        f"X has a non-finite value at subject row {row}, feature index {cols.start + col}"
+        f"X has a non-finite value at subject row {row0 + row}, feature index {cols.start + col}"
     )
 
 
@@ -220,11 +224,11 @@ class _SiteBlocks:
     flops per element) and per-site broadcasts are slices.
     """
 
-    def __init__(self, site_idx: np.ndarray, n_sites: int, allow_empty: bool = False) -> None:
+    def __init__(self, site_idx: np.ndarray, n_sites: int) -> None:
         self.order = np.argsort(site_idx, kind="stable")
         self.counts = np.bincount(site_idx, minlength=n_sites)
         empty = np.flatnonzero(self.counts == 0)
-        if empty.size and not allow_empty:
+        if empty.size:
             raise ValueError(f"site index {empty[0]} has no subjects")
         self.stops = np.cumsum(self.counts)
         self.starts = self.stops - self.counts
@@ -235,10 +239,6 @@ class _SiteBlocks:
         if src.dtype != np.float64:
             src = src.astype(np.float64)
         return np.take(src, self.order, axis=0)
-
-    def scatter(self, sorted_block: np.ndarray, out: np.ndarray) -> None:
-        """Write rows sorted by site back in the original subject order."""
-        out[self.order] = sorted_block
 
     def sums(self, Xs: np.ndarray) -> np.ndarray:
         return np.add.reduceat(Xs, self.starts, axis=0)
@@ -274,11 +274,7 @@ def least_squares_stats(
             _check_finite_chunk(np.asarray(X[:, cols]), cols)
         DtX = np.vstack([site_sums, cov_sorted.T @ Xs])
         b = coef[:, cols] = gram_inv @ DtX
-        # exact: zero variance <=> max == min within a site of more than one subject
-        same = np.maximum.reduceat(Xs, sb.starts, axis=0) == np.minimum.reduceat(
-            Xs, sb.starts, axis=0
-        )
-        constant[cols] = (same & several[:, None]).any(axis=0)
+        constant[cols] = _constant_sorted(Xs, sb, site_sums, several)
         if cov_sorted.shape[1]:
             Xs -= cov_sorted @ b[n_sites:]
         for j, (a, z) in enumerate(sb.blocks()):
@@ -286,6 +282,24 @@ def least_squares_stats(
         np.square(Xs, out=Xs)
         ssr[:, cols] = sb.sums(Xs)
     return LSStats(coef=coef, ssr_site=ssr, constant=constant)
+
+
+def _constant_sorted(
+    Xs: np.ndarray, sb: _SiteBlocks, site_sums: np.ndarray, several: np.ndarray
+) -> np.ndarray:
+    """Features constant within a site of more than one subject (rows sorted by site).
+
+    A loose screen on the within-site sum of squares, then an exact
+    ``max == min`` check of the few candidates.
+    """
+    s2 = sb.sums(np.square(Xs))
+    ss = s2 - site_sums**2 / sb.counts[:, None]
+    candidate = (ss <= 1e-9 * s2 + 1e-300) & several[:, None]
+    out = np.zeros(Xs.shape[1], dtype=bool)
+    for j, v in zip(*np.nonzero(candidate), strict=True):
+        col = Xs[sb.starts[j] : sb.stops[j], v]
+        out[v] |= bool(col.max() == col.min())
+    return out
 
 
 def _block_cols(n_rows: int) -> int:
@@ -484,32 +498,37 @@ def adjust(
     n, V = X.shape
     if out is None:
         out = np.empty((n, V), dtype=np.float64)
-    sb = _SiteBlocks(site_idx, gamma_star.shape[0], allow_empty=True)
-    cov_sorted = np.ascontiguousarray(cov_design[sb.order])
-    sd = np.sqrt(var_pooled)
-    for cols in _chunks(n, V, chunk or _block_cols(n)):
-        Xs = sb.gather(X, cols)
-        if check and not np.isfinite(Xs.sum(axis=0)).all():
-            _check_finite_chunk(np.asarray(X[:, cols]), cols)
-        mean = cov_sorted @ cov_coef[:, cols] if cov_sorted.shape[1] else np.zeros(Xs.shape)
-        mean += grand_mean[cols]
-        Xs -= mean
-        shift = gamma_star[:, cols] * sd[cols]
-        scale = 1.0 / np.sqrt(delta_star[:, cols])
-        for j, (a, z) in enumerate(sb.blocks()):
-            if a < z:
-                Xs[a:z] -= shift[j]
-                Xs[a:z] *= scale[j]
-        Xs += mean
-        del mean
-        res = out[:, cols]
-        sb.scatter(Xs, res)
-        if keep_rows is not None and keep_rows.any():
-            res[keep_rows] = X[keep_rows, cols]
-        if keep_cols is not None and keep_cols[cols].any():
-            k = np.flatnonzero(keep_cols[cols])
-            res[:, k] = X[:, cols][:, k]
+    shift = gamma_star * np.sqrt(var_pooled)
+    scale = 1.0 / np.sqrt(delta_star)
+    # small blocks of rows x features: contiguous rows, temporaries stay in cache
+    for cols in _chunks(n, V, chunk or min(V, _ADJUST_COLS)):
+        step = max(2, _ADJUST_BYTES // (8 * (cols.stop - cols.start)))
+        for start in range(0, n, step):
+            rows = slice(start, min(start + step, n))
+            Xb = X[rows, cols]
+            mean = cov_design[rows] @ cov_coef[:, cols]
+            mean += grand_mean[cols]
+            res = np.subtract(Xb, mean, out=out[rows, cols])
+            _shift_scale(res, site_idx[rows], shift[:, cols], scale[:, cols])
+            res += mean
+            if check and not np.isfinite(res.sum()):
+                _check_finite_chunk(np.asarray(Xb), cols, row0=start)
+    if keep_rows is not None and keep_rows.any():
+        out[keep_rows] = X[keep_rows]
+    if keep_cols is not None and keep_cols.any():
+        out[:, keep_cols] = X[:, keep_cols]
     return out
+
+
+def _shift_scale(res: np.ndarray, sites: np.ndarray, shift: np.ndarray, scale: np.ndarray):
+    """``res = (res - shift[site]) * scale[site]`` row by row, in place."""
+    if res.shape[0] > 16:  # narrow blocks: one gathered temporary beats many small calls
+        res -= shift[sites]
+        res *= scale[sites]
+        return
+    for row, j in zip(res, sites, strict=True):
+        row -= shift[j]
+        row *= scale[j]
 
 
 # ---------------------------------------------------------------------------
@@ -536,8 +555,9 @@ class ComBat:
         What ``transform`` does with a site not seen at fit: estimate its
         effects from its own subjects (see Notes) or raise ``ValueError``.
     chunk : int, optional
-        Features per block in the two passes over X (default: about 32 MiB
-        of float64 per block).
+        Features per block in the two passes over X (default: about 2 MiB
+        of float64 per block in the least-squares pass, whole rows in the
+        adjustment pass).
 
     Attributes
     ----------
@@ -710,7 +730,7 @@ class ComBat:
         )  # fmt: skip
 
     def _covariate_mean(self, cov_design: np.ndarray, cols: slice) -> np.ndarray:
-        return cov_design @ self.coef_[len(self.sites_):, cols]
+        return cov_design @ self.coef_[len(self.sites_) :, cols]
 
     def _new_site_effects(self, X, labels, new, cov_design):
         """Location/scale of unseen sites from their own standardized data, then EB."""

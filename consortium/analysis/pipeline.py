@@ -43,19 +43,19 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from consortium.provenance import jsonable, software_versions
 
 __all__ = ["AnalysisError", "CONTRASTS", "KINDS", "run_analysis"]
 
@@ -914,48 +914,6 @@ _RUNNERS = {"dmn": _run_dmn, "networks": _run_networks, "edges": _run_edges, "vo
 # ------------------------------------------------------------------- output
 
 
-def _software_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in (
-        "confed",
-        "numpy",
-        "pandas",
-        "scipy",
-        "statsmodels",
-        "nibabel",
-        "nilearn",
-        "dask",
-        "pyarrow",
-        "matplotlib",
-        "scikit-learn",
-    ):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types; NaN and infinities become null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.bool_ | bool):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        value = float(value)
-        return value if np.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 class _Steps:
     """Named steps shown as rich progress bars (or silently), timed for timing.json."""
 
@@ -1011,7 +969,7 @@ def _provenance(dataset: Any, params: dict[str, Any]) -> dict[str, Any]:
         "release_name": dataset.release_name,
         "release_hash": dataset.release_hash,
         "bundle_hashes": dataset.bundle_hashes,
-        "software": _software_versions(),
+        "software": software_versions(),
         "parameters": params,
         "seed": params["seed"],
     }
@@ -1173,5 +1131,5 @@ def _write_common(
         "figures": figures,
         "provenance": _provenance(dataset, params),
     }
-    text = json.dumps(_jsonable(document), indent=2, sort_keys=False, allow_nan=False)
+    text = json.dumps(jsonable(document), indent=2, sort_keys=False, allow_nan=False)
     (out / "results.json").write_text(text + "\n")

@@ -35,13 +35,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +60,7 @@ from consortium.analysis.cv import (
     outer_splits,
     permute_within_site,
 )
+from consortium.provenance import jsonable, software_versions
 from harmonization.combat import ComBat
 
 __all__ = [
@@ -930,35 +929,6 @@ def cross_validate(
 # ---------------------------------------------------------------------------- output
 
 
-def _software_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("confed", "numpy", "pandas", "scikit-learn", "scipy", "matplotlib"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types; NaN and infinities become null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.bool_ | bool):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _data_summary(features: Features) -> dict[str, Any]:
     subjects = features.subjects
     per_site = {
@@ -1119,10 +1089,10 @@ def run_prediction(
             "figures": {"per_site": "prediction_sites.png"},
             "files": {"predictions": "predictions.csv"},
             "seed": config.seed,
-            "software": _software_versions(),
+            "software": software_versions(),
             "runtime_s": round(time.perf_counter() - start, 2),
         }
-        doc = _jsonable(doc)
+        doc = jsonable(doc)
         (tmp / "prediction.json").write_text(json.dumps(doc, indent=2))
         _publish(tmp, out_dir)
     except BaseException:

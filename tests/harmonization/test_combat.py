@@ -99,6 +99,19 @@ def test_matches_neuroharmonize_25_unequal_sites(consortium):
     assert np.abs(combat(X, sites, cov) - expected).max() > 1e-12
 
 
+def test_matches_neuroharmonize_with_subjects_in_random_order(consortium):
+    # the engine sorts subjects by site internally; the output must be in input order
+    X, sites, cov = consortium
+    perm = np.random.default_rng(5).permutation(len(sites))
+    Xp, sp, cp = X[perm], sites[perm], cov.iloc[perm].reset_index(drop=True)
+    _, expected = _neuroharmonize(Xp, sp, cp)
+    np.testing.assert_allclose(combat(Xp, sp, _float32_age(cp)), expected, rtol=0, atol=1e-9)
+    _, expected = _neuroharmonize(Xp, sp, cp, ref_batch="S03")
+    got = combat(Xp, sp, _float32_age(cp), ref_site="S03")
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(got[sp == "S03"], Xp[sp == "S03"])
+
+
 def test_matches_neuroharmonize_reference_site(consortium):
     X, sites, cov = consortium
     _, expected = _neuroharmonize(X, sites, cov, ref_batch="S03")
@@ -214,6 +227,22 @@ def test_nan_in_data_names_row_and_feature(consortium):
     X[12, 33] = np.nan
     with pytest.raises(ValueError, match="subject row 12, feature index 33"):
         combat(X, sites, cov)
+
+
+def test_small_blocks_same_result_and_nan_at_transform_names_row(consortium, monkeypatch):
+    import harmonization.combat as module
+
+    X, sites, cov = consortium
+    expected = ComBat().fit_transform(X, sites, cov)
+    monkeypatch.setattr(module, "_BLOCK_BYTES", 8 * X.shape[0] * 3)  # 3 columns per block
+    monkeypatch.setattr(module, "_ADJUST_BYTES", 8 * 25 * 5)  # blocks of 5 rows x 25 columns
+    monkeypatch.setattr(module, "_ADJUST_COLS", 25)
+    est = ComBat()
+    np.testing.assert_allclose(est.fit_transform(X, sites, cov), expected, rtol=0, atol=1e-12)
+    X = X.copy()
+    X[301, 17] = np.inf
+    with pytest.raises(ValueError, match="subject row 301, feature index 17"):
+        est.transform(X, sites, cov)
 
 
 def test_nan_in_covariate_names_column(consortium):

@@ -1,8 +1,9 @@
 """Proposals: drafting, review, site consent, grants, exports and remote analyses.
 
 Who may call what is decided here, per route, from the caller's role and the member
-their token is bound to; the exact matrix is tested in
-``tests/consortium/proposals/test_authorization.py``.
+their token is bound to, before any body is validated or any proposal looked up for
+a caller whose role may never use the route; the exact matrix is tested in
+``tests/consortium/test_authorization_matrix.py``.
 """
 
 from __future__ import annotations
@@ -58,13 +59,23 @@ router = APIRouter(prefix="/proposals", tags=["proposals"], responses=ERROR_RESP
 committee = require_roles("admin", "steering")
 
 
-def swept_identity(
-    identity: Identity = Depends(get_identity), coord: Coordinator = Depends(get_coordinator)
-) -> Identity:
-    """The caller, after expired grants have been moved to ``expired`` (own transaction)."""
-    with coord.db.session() as session:
-        expire_due(session)
-    return identity
+def swept(*roles: str):
+    """A dependency: the caller (with one of ``roles``, if given), after expired grants
+    have been moved to ``expired`` (own transaction)."""
+    check = require_roles(*roles) if roles else get_identity
+
+    def _swept(
+        identity: Identity = Depends(check), coord: Coordinator = Depends(get_coordinator)
+    ) -> Identity:
+        with coord.db.session() as session:
+            expire_due(session)
+        return identity
+
+    return _swept
+
+
+swept_identity = swept()
+swept_researcher = swept("researcher")
 
 
 def _out(session: Session, proposal: Proposal) -> ProposalOut:
@@ -93,6 +104,17 @@ def _own(session: Session, identity: Identity, proposal: Proposal):
             "forbidden", f"proposal {proposal.code} is not a proposal of member {member.id}", 403
         )
     return member
+
+
+def proposer(
+    code: str,
+    identity: Identity = Depends(require_roles("researcher")),
+    coord: Coordinator = Depends(get_coordinator),
+) -> Identity:
+    """The caller, once known to be the proposal's investigator (before the body is read)."""
+    with coord.db.session() as session:
+        _own(session, identity, lifecycle.get_proposal(session, code))
+    return identity
 
 
 def _settings(coord: Coordinator) -> ProposalSettings:
@@ -152,7 +174,7 @@ def get_one(
 def patch_proposal(
     code: str,
     body: ProposalUpdate,
-    identity: Identity = Depends(get_identity),
+    identity: Identity = Depends(proposer),
     coord: Coordinator = Depends(get_coordinator),
 ) -> ProposalOut:
     with coord.db.session() as session:
@@ -167,7 +189,7 @@ def patch_proposal(
 def post_dua(
     code: str,
     body: DuaAccept,
-    identity: Identity = Depends(get_identity),
+    identity: Identity = Depends(proposer),
     coord: Coordinator = Depends(get_coordinator),
 ) -> ProposalOut:
     with coord.db.session() as session:
@@ -180,7 +202,7 @@ def post_dua(
 @router.post("/{code}/submit", response_model=ProposalOut, summary="Submit for review")
 def post_submit(
     code: str,
-    identity: Identity = Depends(get_identity),
+    identity: Identity = Depends(proposer),
     coord: Coordinator = Depends(get_coordinator),
 ) -> ProposalOut:
     with coord.db.session() as session:
@@ -267,7 +289,7 @@ def post_activate(
 @router.post("/{code}/close", response_model=ProposalOut, summary="Close (admin or proposer)")
 def post_close(
     code: str,
-    identity: Identity = Depends(get_identity),
+    identity: Identity = Depends(require_roles("admin", "researcher")),
     coord: Coordinator = Depends(get_coordinator),
 ) -> ProposalOut:
     with coord.db.session() as session:
@@ -288,7 +310,7 @@ def _grant_out(session: Session, proposal: Proposal) -> GrantOut:
 @router.get("/{code}/grant", response_model=GrantOut, summary="The grant (committee, holder)")
 def get_grant(
     code: str,
-    identity: Identity = Depends(swept_identity),
+    identity: Identity = Depends(swept("admin", "steering", "researcher")),
     coord: Coordinator = Depends(get_coordinator),
 ) -> GrantOut:
     with coord.db.session() as session:
@@ -336,6 +358,15 @@ def _grant_view(coord: Coordinator, identity: Identity, code: str) -> GrantView:
             },
             expires_at=grant.expires_at.isoformat(),
         )
+
+
+def grant_holder(
+    code: str,
+    identity: Identity = Depends(swept_researcher),
+    coord: Coordinator = Depends(get_coordinator),
+) -> GrantView:
+    """The caller's usable grant on ``code``, checked before the body is read."""
+    return _grant_view(coord, identity, code)
 
 
 def _build_export(coord: Coordinator, view: GrantView, identity: Identity) -> ExportOut:
@@ -389,10 +420,10 @@ def _build_export(coord: Coordinator, view: GrantView, identity: Identity) -> Ex
 )
 async def post_export(
     code: str,
-    identity: Identity = Depends(swept_identity),
+    view: GrantView = Depends(grant_holder),
+    identity: Identity = Depends(swept_researcher),
     coord: Coordinator = Depends(get_coordinator),
 ) -> ExportOut:
-    view = await run_in_threadpool(_grant_view, coord, identity, code)
     return await run_in_threadpool(_build_export, coord, view, identity)
 
 
@@ -404,10 +435,10 @@ async def post_export(
 def get_export(
     code: str,
     export_id: int,
-    identity: Identity = Depends(swept_identity),
+    view: GrantView = Depends(grant_holder),
+    identity: Identity = Depends(swept_researcher),
     coord: Coordinator = Depends(get_coordinator),
 ) -> FileResponse:
-    view = _grant_view(coord, identity, code)
     with coord.db.session() as session:
         proposal = lifecycle.get_proposal(session, code)
         record = session.get(ExportRecord, export_id)
@@ -499,8 +530,8 @@ def _run_analysis(
 async def post_analysis(
     code: str,
     body: AnalysisRequest,
-    identity: Identity = Depends(swept_identity),
+    view: GrantView = Depends(grant_holder),
+    identity: Identity = Depends(swept_researcher),
     coord: Coordinator = Depends(get_coordinator),
 ) -> AnalysisResult:
-    view = await run_in_threadpool(_grant_view, coord, identity, code)
     return await run_in_threadpool(_run_analysis, coord, view, identity, body)

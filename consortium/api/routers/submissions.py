@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from consortium import audit
-from consortium.api.deps import check_site_access, get_coordinator, get_identity, require_roles
+from consortium.api.deps import check_site_access, get_coordinator, require_roles
 from consortium.api.schemas import ERROR_RESPONSES, SubmissionDetail, SubmissionOut, UploadResult
 from consortium.auth import Identity
 from consortium.coordinator import Coordinator
@@ -18,6 +18,9 @@ from consortium.errors import ConfedError
 from consortium.ingest import ingest_archive, receive_upload
 
 router = APIRouter(prefix="/submissions", tags=["submissions"], responses=ERROR_RESPONSES)
+# roles that may read submissions at all: checked before any lookup, so that the
+# answer to other roles never depends on whether a submission exists
+readers = require_roles("admin", "steering", "site")
 
 UPLOAD_RESPONSES = {
     200: {"model": UploadResult, "description": "the same bundle was accepted before"},
@@ -100,7 +103,7 @@ def _visible(identity: Identity, site_id: str | None):
 def list_submissions(
     site_id: str | None = Query(None, description="only this site's"),
     current: bool = Query(False, description="only submissions not superseded"),
-    identity: Identity = Depends(get_identity),
+    identity: Identity = Depends(readers),
     coord: Coordinator = Depends(get_coordinator),
 ) -> list[SubmissionOut]:
     query = _visible(identity, site_id)
@@ -127,7 +130,7 @@ def _load(session, identity: Identity, submission_id: int) -> Submission:
 @router.get("/{submission_id}", response_model=SubmissionDetail, summary="One submission")
 def get_submission(
     submission_id: int,
-    identity: Identity = Depends(get_identity),
+    identity: Identity = Depends(readers),
     coord: Coordinator = Depends(get_coordinator),
 ) -> SubmissionDetail:
     with coord.db.session() as session:
@@ -144,7 +147,7 @@ def get_submission(
 def get_file(
     submission_id: int,
     path: str,
-    identity: Identity = Depends(get_identity),
+    identity: Identity = Depends(readers),
     coord: Coordinator = Depends(get_coordinator),
 ) -> FileResponse:
     with coord.db.session() as session:
