@@ -35,9 +35,9 @@ analysis of brain imaging patterns throughout the lifespan. NeuroImage 208,
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -771,11 +771,12 @@ class ComBat:
         "gamma_star_", "delta_star_", "constant_features_",
     )  # fmt: skip
 
-    def save(self, path: str | Path) -> None:
-        """Write the model to one ``.npz`` file: arrays plus a JSON metadata entry.
+    def to_bytes(self) -> bytes:
+        """Serialize the model as ``.npz`` bytes: arrays plus a JSON metadata entry.
 
         Only per-site and per-feature parameters are stored (no subject-level
-        data); loading never unpickles.
+        data); :meth:`from_bytes` never unpickles. ``harmonization`` does no file
+        I/O: the caller writes the bytes where it keeps models.
         """
         self._check_fitted()
         meta = {
@@ -789,21 +790,26 @@ class ComBat:
             "extra": self._extra_meta(),
         }
         arrays = {name: getattr(self, name) for name in self._ARRAYS + self._extra_arrays()}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial.npz")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, __metadata__=np.array(json.dumps(meta)), **arrays)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        np.savez(buffer, __metadata__=np.array(json.dumps(meta)), **arrays)
+        return buffer.getvalue()
 
     @classmethod
-    def load(cls, path: str | Path) -> ComBat:
-        with np.load(path, allow_pickle=False) as data:
+    def from_bytes(cls, payload: bytes) -> ComBat:
+        """Rebuild a model written by :meth:`to_bytes`."""
+        try:
+            data = np.load(io.BytesIO(payload), allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"not a saved ComBat model ({exc})") from exc
+        with data:
+            if "__metadata__" not in data.files:
+                raise ValueError("not a saved ComBat model (no metadata entry)")
             meta = json.loads(str(data["__metadata__"]))
             if meta.get("format") != "confed.harmonization.ComBat":
-                raise ValueError(f"{path} is not a saved ComBat model")
+                raise ValueError("not a saved ComBat model (unknown format)")
             if meta.get("class") != cls.__name__:
                 kind = meta.get("class")
-                raise ValueError(f"{path} holds a {kind} model; load it with that class")
+                raise ValueError(f"the payload holds a {kind} model; load it with that class")
             arrays = {k: data[k] for k in data.files if k != "__metadata__"}
         model = cls(**meta["params"])
         model.sites_ = meta["sites"]
