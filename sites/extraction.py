@@ -219,7 +219,8 @@ def extract_spheres(
     overlap; with a mask only in-mask voxels count. As in nilearn, non-finite
     values become 0 when a mask is given, and without one when the image holds
     any NaN. Means are computed in float64 (nilearn keeps the image's dtype,
-    so float32 images agree to float32 rounding).
+    so float32 images agree to float32 rounding; for unscaled integer images
+    nilearn 0.14 even truncates the means to integers, which is not copied).
 
     Parameters
     ----------
