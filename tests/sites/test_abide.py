@@ -124,3 +124,64 @@ def test_builtin_ho111_bundle_has_no_network_but_one_summary(abide_dir, tmp_path
         nets["none__none"], bundle.connectivity("ho111").mean(axis=1), rtol=1e-5
     )
     assert not any(c in bundle.subjects.columns for c in ("FILE_ID", "SUB_ID", "subject_id"))
+
+
+def test_atlas_without_a_flat_roi_keeps_subjects(abide_dir, tmp_path):
+    """The documented recipe: drop ho111 ROI 83 consortium-wide instead of the subjects.
+
+    All of CALTECH's first 6 subjects have ROI 83 flat (two also have others); with
+    an atlas of the 110 other ROIs and the column selection that skips it, exactly
+    the subjects with another flat ROI are excluded for coverage, and FC equals
+    numpy's on the 110 remaining columns.
+    """
+    keep = [i for i in range(1, 112) if i != 83]
+    atlas = tmp_path / "ho110.tsv"
+    atlas.write_text(
+        "index\tlabel\tnetwork\n" + "\n".join(f"{i}\tHO{i}\tnone" for i in keep) + "\n"
+    )
+    full = build_abide_bundle(abide_dir, "CALTECH", tmp_path / "full", max_subjects=6)
+    keys = make_site(tmp_path, "CALTECH")
+    text = (tmp_path / ".full-site.toml").read_text()
+    text = text.replace('atlas = "ho111"', f'atlas = "{atlas}"\ncolumns = "1-82,84-111"')
+    for name in ("private_key", "public_key", "secret"):
+        attr = {
+            "private_key": keys.private_key_path,
+            "public_key": keys.public_key_path,
+            "secret": keys.secret_path,
+        }[name]
+        text = "\n".join(
+            f'{name} = "{attr}"' if line.startswith(f"{name} =") else line
+            for line in text.splitlines()
+        )
+    config = tmp_path / "ho110-site.toml"
+    config.write_text(text)
+    from sites.agent import compute
+    from sites.config import load_config
+
+    subjects = pd.read_csv(abide_dir / "CALTECH" / "participants.csv", dtype=str)
+    ids = subjects["FILE_ID"].head(6).tolist()
+    dropped = compute(load_config(config), tmp_path / "ho110", subjects=ids, progress=False)
+
+    n_full = len(read_bundle(full).subjects)
+    bundle = read_bundle(dropped)
+    assert len(bundle.subjects) > n_full
+    secret = bytes.fromhex(keys.secret_path.read_text().strip())
+    by_key = {
+        hmac.new(secret, f"CALTECH:{sid}".encode(), hashlib.sha256).hexdigest(): sid for sid in ids
+    }
+    site_dir = abide_dir / "CALTECH"
+    flat_elsewhere = set()
+    for sid in ids:
+        ts = np.loadtxt(site_dir / f"{sid}_rois_ho.1D.gz", comments="#")
+        if (ts[:, [i - 1 for i in keep]].std(axis=0) == 0).any():
+            flat_elsewhere.add(sid)
+    coverage = bundle.qc[bundle.qc["reason"].fillna("").str.contains("zero variance")]
+    assert {by_key[k] for k in coverage["subject_key"]} == flat_elsewhere
+    edges = bundle.connectivity("ho110")
+    assert edges.shape == (len(bundle.subjects), 110 * 109 // 2)
+    first_key = bundle.subjects["subject_key"].iloc[0]
+    sid = by_key.get(first_key)
+    assert sid is not None, "pseudonym is not an HMAC of a known subject id"
+    ts = np.loadtxt(site_dir / f"{sid}_rois_ho.1D.gz", comments="#")
+    expected = np.arctanh(np.corrcoef(ts[:, [i - 1 for i in keep]].T)[np.triu_indices(110, 1)])
+    np.testing.assert_allclose(edges[0], expected, atol=1e-5)
