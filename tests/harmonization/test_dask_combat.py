@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dask
 import dask.array as da
 import numpy as np
@@ -62,9 +64,15 @@ def _column_sums(block: np.ndarray) -> np.ndarray:
 
 
 def _peak_rss_mib() -> float:
-    import resource
+    """The worker's own peak resident memory (Linux ``VmHWM``).
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    Not ``getrusage().ru_maxrss``: Linux keeps that across ``execve``, so a worker
+    spawned from a large pytest process would report the parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # KiB
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 @pytest.mark.timeout(180)
