@@ -286,18 +286,49 @@ def _qc_table(dataset: Any) -> pd.DataFrame:
 # ------------------------------------------------------------------- outcomes
 
 
+def _combat_inputs(design: Design) -> tuple[np.ndarray, pd.DataFrame]:
+    """Sites and preserved covariates (diagnosis and the model covariates) of ComBat."""
+    return design.data["site"].to_numpy(), design.data[design.fixed].reset_index(drop=True)
+
+
 def _harmonize(X: np.ndarray, design: Design) -> np.ndarray:
     """ComBat across sites, preserving diagnosis and the covariates."""
     from harmonization.combat import ComBat
 
-    covariates = design.data[design.fixed].reset_index(drop=True)
-    sites = design.data["site"].to_numpy()
+    sites, covariates = _combat_inputs(design)
     model = ComBat()
     return np.asarray(model.fit_transform(np.asarray(X, dtype=np.float64), sites, covariates))
 
 
+def _harmonize_lazy(X: Any, dataset: Any, design: Design, what: str) -> Any:
+    """ComBat of a dask array chunked by features (``DaskComBat``), returned lazily.
+
+    The fit reads ``X`` once; the harmonized array is computed chunk by chunk by
+    whatever consumes it. Non-finite input is reported by site and subject.
+    """
+    import dask.array as da
+
+    from harmonization.dask_combat import DaskComBat
+
+    sites, covariates = _combat_inputs(design)
+    model = DaskComBat()
+    try:
+        model.fit(X, sites, covariates)
+    except ValueError:
+        # Only on failure: one more pass to name the subject (ComBat names a row).
+        _check_finite_rows(da.isfinite(X).all(axis=1).compute(), dataset, design, what)
+        raise
+    return model.transform(X, sites, covariates)
+
+
 def _check_finite(values: np.ndarray, dataset: Any, design: Design, what: str) -> None:
     finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
+    _check_finite_rows(finite, dataset, design, what)
+
+
+def _check_finite_rows(finite: np.ndarray, dataset: Any, design: Design, what: str) -> None:
+    """AnalysisError naming the first subject whose row is not all finite."""
+    finite = np.asarray(finite, dtype=bool)
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
         row = dataset.subjects.iloc[design.rows[i]]
@@ -450,19 +481,25 @@ def _forest_figure(used: pd.DataFrame, pooled: Any, out: Path) -> None:
 
 
 def _mass_fit(
-    Y: np.ndarray, design: Design, random_slope: bool, progress: Any = None
+    Y: Any, design: Design, random_slope: bool, progress: Any = None, chunk_size: int = 2048
 ) -> pd.DataFrame:
-    """t, p and d for Dx of the mass-univariate model, one row per feature."""
+    """t, p and d for Dx of the mass-univariate model, one row per feature.
+
+    ``Y`` is a numpy array or a dask array (fitted over its feature chunks of
+    ``chunk_size``).
+    """
     from consortium.analysis import mass_mixed_model
 
     slopes = ("dx",) if random_slope else ()
+    lazy = hasattr(Y, "map_blocks")  # a dask array: fitted chunk by chunk, never gathered
     result = mass_mixed_model(
-        np.asarray(Y, dtype=np.float64),
+        Y if lazy else np.asarray(Y, dtype=np.float64),
         design.data,
         design.fixed,
         "site",
         random_slopes=slopes,
         reml=False,
+        chunk_size=chunk_size,
         progress=progress,
     )
     t = result.tvalues["dx"].to_numpy(float)
@@ -841,22 +878,22 @@ def _run_voxels(dataset, design, params, out, steps) -> dict[str, Any]:
     chunk = int(params["chunk_voxels"])
     starts = list(range(0, n_voxels, chunk))
     if params["harmonize"] == "combat":
+        # Two passes over the maps, chunks of voxels: ComBat's fit, then the
+        # harmonized chunks straight into the mass model.
+        data = data.astype(np.float64).rechunk({0: -1, 1: chunk})
         with steps(f"ComBat on {n_voxels} voxels"):
-            values = np.asarray(data.compute(), dtype=np.float64)
-            _check_finite(values, dataset, design, f"map {metric!r}")
-            source = _harmonize(values, design)
+            source = _harmonize_lazy(data, dataset, design, f"map {metric!r}")
+        with steps(f"mass mixed model ({n_voxels} voxels)"):
+            fit = _mass_fit(source, design, params["random_slope"], chunk_size=chunk)
     else:
-        source = data
-    fits = []
-    with steps(f"mass mixed model ({n_voxels} voxels)", total=len(starts)) as advance:
-        for start in starts:
-            block = source[:, start : start + chunk]
-            block = np.asarray(block.compute() if hasattr(block, "compute") else block)
-            if params["harmonize"] == "none":
+        fits = []
+        with steps(f"mass mixed model ({n_voxels} voxels)", total=len(starts)) as advance:
+            for start in starts:
+                block = np.asarray(data[:, start : start + chunk].compute())
                 _check_finite(block, dataset, design, f"map {metric!r}")
-            fits.append(_mass_fit(block, design, params["random_slope"]))
-            advance()
-    fit = pd.concat(fits, ignore_index=True)
+                fits.append(_mass_fit(block, design, params["random_slope"]))
+                advance()
+        fit = pd.concat(fits, ignore_index=True)
     fit["q"] = _fdr(fit["p"].to_numpy())
     fit.insert(0, "voxel", np.arange(len(fit)))
     fit.to_parquet(out / "voxel_effects.parquet", index=False)

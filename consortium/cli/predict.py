@@ -158,6 +158,7 @@ def run_command(
     """Cross-validated case/control classification with whole sites held out."""
     from consortium.analysis.prediction import PredictionConfig, run_prediction
     from consortium.dataset import DatasetError
+    from consortium.errors import ConfedError
     from sites.bundle import BundleError
 
     if nan is None:
@@ -181,6 +182,7 @@ def run_command(
         doc = run_prediction(feats, out, config, overwrite=overwrite)
     except (
         BundleError,
+        ConfedError,
         DatasetError,
         ValueError,
         KeyError,
