@@ -173,14 +173,18 @@ class Dataset:
             its bundle only when computed.
         """
         mask_img, n_voxels = self._common_mask(metric)
-        blocks = []
+        step = n_voxels if chunk_voxels is None else max(1, int(chunk_voxels))
+        rows = []
         for bundle, n_rows in zip(self._bundles, self._counts, strict=True):
-            delayed = dask.delayed(_read_map_block)(bundle, metric, n_rows, n_voxels)
-            blocks.append(da.from_delayed(delayed, shape=(n_rows, n_voxels), dtype=np.float32))
-        data = da.concatenate(blocks, axis=0)
-        if chunk_voxels is not None:
-            data = data.rechunk({1: int(chunk_voxels)})
-        return mask_img, data
+            row = []
+            for start in range(0, n_voxels, step):
+                stop = min(start + step, n_voxels)
+                delayed = dask.delayed(_read_map_block)(
+                    bundle, metric, n_rows, n_voxels, start, stop
+                )
+                row.append(da.from_delayed(delayed, shape=(n_rows, stop - start), dtype=np.float32))
+            rows.append(row)
+        return mask_img, da.block(rows)
 
     def _common_mask(self, metric: str):
         import nibabel as nib
@@ -292,12 +296,19 @@ def _mask_image(bundle: Any, metric: str):
     return bundle.maps(metric)[0]
 
 
-def _read_map_block(bundle: Any, metric: str, n_rows: int, n_voxels: int) -> np.ndarray:
-    _, values = bundle.maps(metric)
-    values = np.asarray(values, dtype=np.float32)
-    if values.shape != (n_rows, n_voxels):
+def _read_map_block(
+    bundle: Any, metric: str, n_rows: int, n_voxels: int, start: int, stop: int
+) -> np.ndarray:
+    """Voxels ``start:stop`` of one site's map; only those columns are read if possible."""
+    reader = getattr(bundle, "map_columns", None)
+    if callable(reader) and (start, stop) != (0, n_voxels):
+        values = np.asarray(reader(metric, start, stop), dtype=np.float32)
+        expected = (n_rows, stop - start)
+    else:
+        values = np.asarray(bundle.maps(metric)[1], dtype=np.float32)
+        expected = (n_rows, n_voxels)
+    if values.shape != expected:
         raise DatasetError(
-            f"site {bundle.site_id!r}: map {metric!r} has shape {values.shape}, "
-            f"expected {(n_rows, n_voxels)}"
+            f"site {bundle.site_id!r}: map {metric!r} has shape {values.shape}, expected {expected}"
         )
-    return values
+    return values if expected[1] == stop - start else values[:, start:stop]

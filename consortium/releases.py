@@ -179,6 +179,9 @@ class _ExcludingBundle:
         mask, values = self._bundle.maps(metric)
         return mask, np.asarray(values)[self._keep]
 
+    def map_columns(self, metric: str, start: int, stop: int) -> np.ndarray:
+        return self._bundle.map_columns(metric, start, stop)[self._keep]
+
 
 def open_release(root: Path | str, name: str, db_url: str | None = None):
     """The data of release ``name`` as a :class:`consortium.dataset.Dataset`.

@@ -370,12 +370,28 @@ class Bundle:
 
     def maps(self, metric: str) -> tuple[nib.Nifti1Image, np.ndarray]:
         """Mask image and subjects x in-mask voxels float32 standardized map."""
+        values = np.load(self._map_path(metric), allow_pickle=False)
+        return self.map_mask(metric), values
+
+    def map_mask(self, metric: str) -> nib.Nifti1Image:
+        """The mask image of ``metric`` (no subject data is read)."""
+        self._map_path(metric)
+        mask = nib.load(self._root / "maps" / f"{metric}_mask.nii.gz")
+        return nib.Nifti1Image(np.asarray(mask.dataobj), mask.affine, mask.header)
+
+    def map_columns(self, metric: str, start: int, stop: int) -> np.ndarray:
+        """Voxels ``start:stop`` of ``metric`` for all subjects, read through a memory map.
+
+        Only those columns are read from disk, so a voxel-chunked analysis never
+        holds a site's whole map in memory.
+        """
+        values = np.load(self._map_path(metric), allow_pickle=False, mmap_mode="r")
+        return np.array(values[:, start:stop])
+
+    def _map_path(self, metric: str) -> Path:
         if metric not in self.manifest.get("maps", {}):
             raise BundleError(f"maps/{metric}.npy: no map {metric!r} in this bundle")
-        mask = nib.load(self._root / "maps" / f"{metric}_mask.nii.gz")
-        mask = nib.Nifti1Image(np.asarray(mask.dataobj), mask.affine, mask.header)
-        values = np.load(self._root / "maps" / f"{metric}.npy", allow_pickle=False)
-        return mask, values
+        return self._root / "maps" / f"{metric}.npy"
 
     def __repr__(self) -> str:
         return f"Bundle(site_id={self.site_id!r}, path={str(self.path)!r}, {self.bundle_hash[:12]})"

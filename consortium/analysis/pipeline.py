@@ -872,10 +872,10 @@ def _run_voxels(dataset, design, params, out, steps) -> dict[str, Any]:
 
     metric = params["metric"] or _default_metric(dataset)
     params["metric"] = metric
-    mask_img, data = dataset.maps(metric)
+    chunk = int(params["chunk_voxels"])
+    mask_img, data = dataset.maps(metric, chunk_voxels=chunk)
     data = data[design.rows]
     n_voxels = data.shape[1]
-    chunk = int(params["chunk_voxels"])
     starts = list(range(0, n_voxels, chunk))
     if params["harmonize"] == "combat":
         # Two passes over the maps, chunks of voxels: ComBat's fit, then the

@@ -50,6 +50,7 @@ class _CountingBundle:
     def __init__(self, bundle):
         self._bundle = bundle
         self.map_reads = 0
+        self.column_reads: list[tuple[int, int]] = []
 
     def __getattr__(self, name):
         return getattr(self._bundle, name)
@@ -58,17 +59,24 @@ class _CountingBundle:
         self.map_reads += 1
         return self._bundle.maps(metric)
 
+    def map_columns(self, metric, start, stop):
+        self.column_reads.append((start, stop))
+        return self._bundle.map_columns(metric, start, stop)
+
 
 def test_maps_are_lazy_and_match_the_bundles(synthetic_bundles):
     counting = [_CountingBundle(b) for b in synthetic_bundles]
     dataset = Dataset.from_bundles(counting)
     mask, data = dataset.maps("alff", chunk_voxels=50)
-    reads_for_masks = [b.map_reads for b in counting]
     assert data.shape == (dataset.n_subjects, int(np.count_nonzero(mask.get_fdata())))
     assert data.chunks[1] == (50, 50, 50)
+    # Checking the masks reads no subject data.
+    assert [(b.map_reads, b.column_reads) for b in counting] == [(0, [])] * len(counting)
     values = data.compute()
-    # Each site's values are read once more, at compute time only.
-    assert [b.map_reads for b in counting] == [n + 1 for n in reads_for_masks]
+    # At compute time each site's map is read chunk by chunk, never whole.
+    for b in counting:
+        assert b.map_reads == 0
+        assert sorted(b.column_reads) == [(0, 50), (50, 100), (100, 150)]
     bundles = sorted(synthetic_bundles, key=lambda b: b.site_id)
     np.testing.assert_array_equal(values, np.concatenate([b.maps("alff")[1] for b in bundles]))
 
