@@ -404,3 +404,42 @@ def test_refusals_name_the_reason(world):
         assert r.status_code == 403 and "researcher" in r.json()["error"]["message"], r.text
     r = world.call("steering", "PATCH", f"{P}/proposals/P9999", INVALID_BODY)
     assert r.status_code == 403 and "steering" in r.json()["error"]["message"], r.text
+
+
+def test_grant_cannot_be_widened_or_escaped(world):
+    own = world.active_proposal("r_grant")
+    r = world.call("r_grant", "PATCH", f"{P}/proposals/{own}", {"columns": ["dx", "mean_fd"]})
+    assert r.status_code == 409 and "never widened" in r.json()["error"]["message"]
+    query = dict(BODIES[("POST", f"{P}/proposals/{{code}}/analyses")])
+    r = world.call(
+        "r_grant", "POST", f"{P}/proposals/{own}/analyses", {**query, "covariates": ["mean_fd"]}
+    )
+    assert r.status_code == 403 and "mean_fd" in r.json()["error"]["message"]
+    r = world.call(
+        "r_grant", "POST", f"{P}/proposals/{own}/analyses", {**query, "measure": "connectivity:toy"}
+    )
+    assert r.status_code == 403
+    other = world.active_proposal("r_nogrant")
+    assert world.call("r_grant", "GET", f"{P}/proposals/{other}").status_code == 403
+    assert world.call("r_grant", "POST", f"{P}/proposals/{other}/exports").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "needle"),
+    [
+        ({"title": "x"}, 422, "title"),
+        ({"columns": ["dx", "shoe_size"]}, 422, "shoe_size"),
+        ({"sites": ["S99"]}, 422, "S99"),
+        ({"measures": ["networks:dosenbach160"]}, 422, "dosenbach160"),
+        ({"release_name": "nope"}, 404, "nope"),
+        ({"duration_months": 0}, 422, "duration_months"),
+        ({"columns": ["dx", "dx"]}, 422, "twice"),
+        ({"measures": [], "columns": []}, 422, "at least one"),
+        ({"colour": "red"}, 422, "colour"),
+        ({"title": "t" * 301}, 422, "title"),
+    ],
+)
+def test_proposal_input_validation(world, change, status, needle):
+    r = world.call("r_nogrant", "POST", f"{P}/proposals", {**REQUEST, **change})
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
