@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from consortium.coordinator import Coordinator
 from consortium.db.models import StoredObject, SubmissionFile
-from consortium.store import sha256_file
+from sites.bundle import sha256_file
 
 
 @dataclass

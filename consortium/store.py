@@ -21,16 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consortium.errors import ConfedError
+from sites.bundle import sha256_file
 
 CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -42,9 +42,6 @@ data. NeuroImage 161:149-170.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -55,7 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from consortium.provenance import jsonable, software_versions
+from consortium.provenance import check_out_dir, jsonable, software_versions, staged_output
 
 __all__ = ["AnalysisError", "CONTRASTS", "KINDS", "run_analysis"]
 
@@ -1012,25 +1009,6 @@ def _provenance(dataset: Any, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir}: output directory exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move a complete results directory into place (replacing an old one last)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def run_analysis(
     dataset: Any,
     kind: str,
@@ -1116,16 +1094,12 @@ def run_analysis(
         "fdr_alpha": FDR_ALPHA,
     }
     design = build_design(dataset, contrast, covariates, min_per_group)
-    tmp = _prepare_out_dir(out_dir, overwrite)
-    try:
+    check_out_dir(out_dir, overwrite)
+    with staged_output(out_dir) as tmp:
         with _Steps(kind, progress) as steps:
             results = _RUNNERS[kind](dataset, design, params, tmp, steps)
         _write_common(dataset, design, params, results, tmp)
         (tmp / "timing.json").write_text(json.dumps(steps.timings, indent=2) + "\n")
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

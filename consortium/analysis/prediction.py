@@ -34,9 +34,6 @@ References
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -60,7 +57,7 @@ from consortium.analysis.cv import (
     outer_splits,
     permute_within_site,
 )
-from consortium.provenance import jsonable, software_versions
+from consortium.provenance import check_out_dir, jsonable, software_versions, staged_output
 from harmonization.combat import ComBat
 
 __all__ = [
@@ -761,8 +758,9 @@ def _fit_fold(
             pred = model.classes_[(score > 0).astype(int)].astype(int)
         else:
             pred = np.asarray(model.predict(Xte), dtype=int)
-        out.append({"fold": k, "test": test, "pred": pred, "score": score, "value": value,
-                    "inner": inner})
+        out.append(
+            {"fold": k, "test": test, "pred": pred, "score": score, "value": value, "inner": inner}
+        )
     return out
 
 
@@ -972,8 +970,11 @@ def _summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _site_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per scheme x model x site (the data of the per-site plot)."""
-    return [{"scheme": r["scheme"], "model": r["model"], "site": site, **metrics}
-            for r in results for site, metrics in r["sites"].items()]
+    return [
+        {"scheme": r["scheme"], "model": r["model"], "site": site, **metrics}
+        for r in results
+        for site, metrics in r["sites"].items()
+    ]
 
 
 def _gaps(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -1069,13 +1070,10 @@ def run_prediction(
     """
     config = config or PredictionConfig()
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir}: output directory exists and is not empty")
+    check_out_dir(out_dir, overwrite)
     start = time.perf_counter()
     results = cross_validate(features, config)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
+    with staged_output(out_dir) as tmp:
         _predictions_table(features, results).to_csv(tmp / "predictions.csv", index=False)
         plot_site_scores(results, tmp / "prediction_sites.png")
         doc = {
@@ -1094,18 +1092,4 @@ def run_prediction(
         }
         doc = jsonable(doc)
         (tmp / "prediction.json").write_text(json.dumps(doc, indent=2))
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return doc
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old)

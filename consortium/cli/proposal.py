@@ -80,7 +80,8 @@ def export_command(
     token_file: Path | None = TokenOpt,
 ) -> None:
     """Export your grant's data: the coordinator builds it, you download and verify it."""
-    from consortium.proposals.export import sha256_file, unpack_verified
+    from consortium.proposals.export import unpack_verified
+    from sites.bundle import sha256_file
 
     if out.exists():
         _fail(f"{out} already exists; choose a new folder")

@@ -14,7 +14,6 @@ The folder is written under a temporary name and renamed only when complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,17 +27,10 @@ from consortium.db.base import utcnow
 from consortium.errors import ConfedError
 from consortium.proposals.scope import GrantView, ScopedData
 from consortium.proposals.settings import DUA_TEXT, DUA_VERSION
+from sites.bundle import sha256_file
 
 MANIFEST = "manifest.json"
 EXPORT_FORMAT = "confed-proposal-export-v1"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_files(data: ScopedData, folder: Path) -> None:

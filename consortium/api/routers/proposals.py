@@ -25,7 +25,7 @@ from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
 from consortium.proposals import consent as consent_mod
 from consortium.proposals import lifecycle, review
-from consortium.proposals.export import pack, sha256_file, write_export
+from consortium.proposals.export import pack, write_export
 from consortium.proposals.grants import (
     effective_sites,
     expire_due,
@@ -54,6 +54,7 @@ from consortium.proposals.schemas import (
 )
 from consortium.proposals.scope import GrantView, load_scoped
 from consortium.proposals.settings import DUA_TEXT, DUA_VERSION, ProposalSettings
+from sites.bundle import sha256_file
 
 router = APIRouter(prefix="/proposals", tags=["proposals"], responses=ERROR_RESPONSES)
 committee = require_roles("admin", "steering")
