@@ -73,7 +73,7 @@ def make_bundle(folder: Path, site: str, n: int, with_map: bool, seed: int) -> t
         folder / site,
         site_id=site,
         subjects=subjects,
-        qc=pd.DataFrame({"subject_key": keys, "included": True, "reason": ""}),
+        qc=pd.DataFrame({"subject_key": keys, "included": True, "reason_codes": ""}),
         connectivity={"dosenbach160": edges},
         networks={"dosenbach160": network_summaries(edges, atlas)},
         maps=maps,

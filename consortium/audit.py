@@ -27,6 +27,7 @@ from consortium.db.base import utcnow
 from consortium.db.models import AuditEntry, AuditHead
 
 GENESIS = "0" * 64
+HEAD_INFO = "confed_audit_head"  # Session.info: (seq, hash) of the last entry appended
 
 
 def entry_hash(
@@ -69,6 +70,7 @@ def append(
     head.entry_hash = h
     session.add(entry)
     session.flush()
+    session.info[HEAD_INFO] = (entry.seq, h)  # checkpointed after commit (consortium.receipts)
     return entry
 
 

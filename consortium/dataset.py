@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from sites.bundle import BundleError
+from sites.contract import empty_qc_reasons
 
 __all__ = ["Dataset", "DatasetError"]
 
@@ -43,7 +44,11 @@ class Dataset:
     subjects : pandas.DataFrame
         Canonical phenotype columns plus ``site``, one row per included subject.
     qc : pandas.DataFrame
-        All sites' QC tables (``subject_key``, ``included``, ``reason``) plus ``site``.
+        All sites' QC tables (``subject_key``, ``included``, ``reason_codes``,
+        ``mean_fd``) plus ``site``.
+    qc_reasons : pandas.DataFrame
+        All sites' exclusion reasons (``subject_key``, ``code``, ``field``,
+        ``value``, ``threshold``; codes of :data:`sites.contract.QC_CODES`) plus ``site``.
     dx_labels : dict
         ``{"case": ..., "control": ...}`` shared by all bundles.
     sites : list of str
@@ -66,6 +71,7 @@ class Dataset:
         self.dx_labels = _common_dx_labels(self._bundles)
         self.subjects = _concat_subjects(self._bundles)
         self.qc = _concat_qc(self._bundles)
+        self.qc_reasons = _concat_qc_reasons(self._bundles)
         self._counts = [len(b.subjects) for b in self._bundles]
 
     @classmethod
@@ -275,6 +281,15 @@ def _concat_qc(bundles: Sequence[Any]) -> pd.DataFrame:
     for bundle in bundles:
         frame = bundle.qc.reset_index(drop=True).copy()
         frame.insert(0, "site", bundle.site_id)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _concat_qc_reasons(bundles: Sequence[Any]) -> pd.DataFrame:
+    frames = []
+    for bundle in bundles:
+        frame = getattr(bundle, "qc_reasons", empty_qc_reasons()).reset_index(drop=True).copy()
+        frame.insert(0, "site", pd.Series([bundle.site_id] * len(frame), dtype=object))
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 

@@ -8,8 +8,10 @@ The same path serves HTTP uploads and offline imports (``confed coord import``):
 3. the manifest's site id must be the uploading site's, and its Ed25519
    signature must verify with the key registered for that site (403 otherwise);
 4. ``sites.bundle.read_bundle`` checks format version, file set, sizes and checksums;
-5. value checks: finite connectivity and maps, plausible ranges, known codes,
-   unique pseudonyms; groups smaller than ``min_per_group`` are flagged, not refused;
+5. the site-coordinator contract (:mod:`sites.contract`, the same checks the site
+   ran before signing): allowed columns, codes, plausible ranges, pseudonyms, QC
+   codes, no free text; then finite connectivity and maps; groups smaller than
+   ``min_per_group`` are flagged, not refused;
 6. files are staged, fsynced, re-hashed and renamed into the object store, and the
    submission becomes visible in one database transaction (with its audit entry),
    superseding the site's previous submission.
@@ -20,21 +22,25 @@ site may retry an upload safely.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
-import tarfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from consortium import audit
@@ -42,6 +48,8 @@ from consortium.coordinator import Coordinator
 from consortium.db.models import Site, StoredObject, Submission, SubmissionFile, Upload
 from consortium.errors import ConfedError
 from consortium.store import StagedObject
+from sites import contract
+from sites.archive import ArchiveError, read_archive_manifest, unpack_archive
 from sites.bundle import (
     MANIFEST,
     SIGNATURE,
@@ -54,17 +62,13 @@ from sites.bundle import (
 #: Test hook: seconds to sleep after all objects are staged (crash tests kill it then).
 PAUSE_ENV = "CONFED_TEST_INGEST_PAUSE"
 PAUSE_MARKER = "ingest-paused"
-#: Extracted content may be at most this many times the upload limit (tar bombs).
-EXTRACT_RATIO = 8
+#: Uploaded chunks are written to disk in a worker thread, this many bytes at a time.
+WRITE_BATCH = 512 * 1024
+#: Refusals that could not be recorded (database or disk full), one JSON object a line.
+PENDING_FILE = "pending-uploads.jsonl"
 
-RANGES = {
-    "age": (0.0, 120.0),
-    "mean_fd": (0.0, 10.0),
-    "education_years": (0.0, 40.0),
-    "hamd": (0.0, 60.0),
-}
-CODES = {"sex": {"M", "F"}, "episode": {"first", "recurrent"}, "medication": {"naive", "treated"}}
-REQUIRED = ("subject_key", "dx", "age", "sex", "mean_fd")
+log = logging.getLogger("confed.ingest")
+
 MAX_ABS_Z = 20.0  # |atanh(r)| = 20 means |r| = 1 - 8e-18: a copy of a region, not a correlation
 
 
@@ -81,10 +85,82 @@ def _rejected(code: str, message: str, status: int = 422) -> ConfedError:
 # --------------------------------------------------------------------------- upload stream
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` means the file system (or the database on it) is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, OperationalError) and "full" in str(exc.orig).lower()
+
+
+def disk_full_error(exc: BaseException, what: str) -> ConfedError:
+    """507: no space left on the coordinator's disk while doing ``what``."""
+    reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
+    return ConfedError(
+        "insufficient_storage",
+        f"the coordinator's disk is full: no space left while {what} ({reason}); nothing "
+        "was stored, try again later",
+        507,
+    )
+
+
+class _BatchWriter:
+    """Writes chunks to a file in a worker thread, one batch in flight at a time.
+
+    The event loop keeps receiving the next batch while the previous one is
+    written, and never blocks on the disk.
+    """
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+        self._batch: list[bytes] = []
+        self._pending = 0
+        self._writing: asyncio.Future | None = None
+
+    async def add(self, chunk: bytes) -> None:
+        self._batch.append(chunk)
+        self._pending += len(chunk)
+        if self._pending >= WRITE_BATCH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        await self.wait()
+        batch, self._batch, self._pending = self._batch, [], 0
+        loop = asyncio.get_running_loop()
+        self._writing = loop.run_in_executor(None, self._fh.writelines, batch)
+
+    async def wait(self) -> None:
+        """Wait for the write in flight (raising its error, if any)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    async def close(self) -> None:
+        await self._flush()
+        await self.wait()
+
+    async def abandon(self) -> None:
+        """After an error: let the write in flight end before the file is closed."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()  # retrieved: the error being raised is the one to report
+
+
 async def receive_upload(
     chunks: AsyncIterator[bytes], dest: Path, limit: int, declared: int | None = None
 ) -> int:
-    """Write an upload stream to ``dest``; refuse it (413) as soon as it exceeds ``limit``."""
+    """Write an upload stream to ``dest``; refuse it (413) as soon as it exceeds ``limit``.
+
+    Chunks are gathered into batches of :data:`WRITE_BATCH` bytes that a worker
+    thread writes while the next batch is received, so the event loop keeps
+    serving other requests.
+
+    Raises
+    ------
+    ConfedError
+        413 beyond ``limit``, 400 for an empty body, 507 when the disk is full.
+    """
     if declared is not None and declared > limit:
         raise _rejected(
             "too_large", f"upload of {declared} bytes exceeds the limit of {limit} bytes", 413
@@ -92,11 +168,24 @@ async def receive_upload(
     size = 0
     try:
         with open(dest, "wb") as fh:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise _rejected("too_large", f"upload exceeds the limit of {limit} bytes", 413)
-                fh.write(chunk)
+            writer = _BatchWriter(fh)
+            try:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise _rejected(
+                            "too_large", f"upload exceeds the limit of {limit} bytes", 413
+                        )
+                    await writer.add(chunk)
+                await writer.close()
+            except BaseException:
+                await writer.abandon()
+                raise
+    except OSError as exc:
+        dest.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full_error(exc, "receiving the upload") from exc
+        raise
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
@@ -109,76 +198,37 @@ async def receive_upload(
 # --------------------------------------------------------------------------- tar extraction
 
 
-def _check_member(member: tarfile.TarInfo, archive_name: str) -> PurePosixPath:
-    name = member.name
-    pure = PurePosixPath(name)
-    where = f"{archive_name}: tar member {name!r}"
-    if name.startswith(("/", "\\")) or pure.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        raise _rejected("unsafe_archive", f"{where} has an absolute path", 400)
-    if ".." in pure.parts or "\\" in name:
-        raise _rejected("unsafe_archive", f"{where} escapes the bundle with '..'", 400)
-    if member.issym() or member.islnk():
-        raise _rejected("unsafe_archive", f"{where} is a link", 400)
-    if member.isdev() or member.isfifo():
-        raise _rejected("unsafe_archive", f"{where} is a device or FIFO", 400)
-    if not (member.isfile() or member.isdir()):
-        raise _rejected("unsafe_archive", f"{where} is not a regular file or folder", 400)
-    return pure
+def _archive_refusal(exc: ArchiveError) -> ConfedError:
+    return _rejected(exc.code, exc.message, exc.status)
 
 
 def safe_extract(tar_path: Path, dest: Path, max_bytes: int, archive_name: str) -> Path:
-    """Extract ``tar_path`` into ``dest``; return the folder holding ``manifest.json``.
+    """Check and unpack a bundle archive into ``dest``; return ``dest`` (the bundle root).
 
-    Every member is checked before anything is written.
+    :func:`sites.archive.unpack_archive` checks every header and the manifest
+    before anything is written, and writes at most the declared sizes.
     """
     try:
-        with tarfile.open(tar_path, "r:*") as archive:
-            members = archive.getmembers()
-            paths = [_check_member(m, archive_name) for m in members]
-            total = sum(m.size for m in members if m.isfile())
-            if total > max_bytes:
-                raise _rejected(
-                    "too_large",
-                    f"{archive_name}: unpacks to {total} bytes (limit {max_bytes})",
-                    413,
-                )
-            for member, pure in zip(members, paths, strict=True):
-                target = dest.joinpath(*pure.parts)
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = archive.extractfile(member)
-                with open(target, "xb") as fh:
-                    shutil.copyfileobj(src, fh, 1 << 20)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, FileExistsError):
-            msg = f"{archive_name}: tar member listed twice ({exc.filename})"
-        else:
-            msg = f"{archive_name}: corrupted or truncated tar archive ({exc})"
-        raise _rejected("bad_archive", msg, 400) from exc
-    if (dest / MANIFEST).is_file():
-        return dest
-    tops = list(dest.iterdir())
-    if len(tops) == 1 and (tops[0] / MANIFEST).is_file():
-        return tops[0]
-    raise _rejected("bad_bundle", f"{archive_name}: no {MANIFEST} at the top of the archive")
+        unpack_archive(tar_path, dest, max_bytes, archive_name)
+    except ArchiveError as exc:
+        raise _archive_refusal(exc) from exc
+    except FileExistsError as exc:
+        raise _rejected(
+            "bad_archive", f"{archive_name}: tar member listed twice ({exc.filename})", 400
+        ) from exc
+    return dest
 
 
 def manifest_site_id(tar_path: Path) -> str:
     """The ``site_id`` a bundle archive's manifest claims (for offline imports)."""
     try:
-        with tarfile.open(tar_path, "r:*") as archive:
-            for member in archive:
-                if member.isfile() and PurePosixPath(member.name).name == MANIFEST:
-                    if len(PurePosixPath(member.name).parts) <= 2:
-                        manifest = json.loads(archive.extractfile(member).read())
-                        return str(manifest["site_id"])
-    except (tarfile.TarError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise _rejected(
-            "bad_archive", f"{tar_path}: cannot read the site id from {MANIFEST} ({exc})", 400
-        ) from exc
-    raise _rejected("bad_bundle", f"{tar_path}: no {MANIFEST} at the top of the archive")
+        manifest = read_archive_manifest(tar_path)
+    except ArchiveError as exc:
+        raise _archive_refusal(exc) from exc
+    site_id = manifest.get("site_id")
+    if not isinstance(site_id, str):
+        raise _rejected("bad_bundle", f"{tar_path}: {MANIFEST} has no site_id")
+    return site_id
 
 
 # --------------------------------------------------------------------------- checks
@@ -187,11 +237,9 @@ def manifest_site_id(tar_path: Path) -> str:
 def _check_identity(bundle_dir: Path, site: Site) -> tuple[bytes, dict]:
     manifest_bytes = (bundle_dir / MANIFEST).read_bytes()
     try:
-        manifest = json.loads(manifest_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _rejected("bad_bundle", f"{MANIFEST}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise _rejected("bad_bundle", f"{MANIFEST}: not a JSON object")
+        manifest = contract.parse_manifest(manifest_bytes)
+    except contract.ContractError as exc:
+        raise _rejected("bad_bundle", str(exc)) from exc
     claimed = manifest.get("site_id")
     if claimed != site.id:
         raise _rejected(
@@ -239,56 +287,48 @@ def _check_finite(name: str, values: np.ndarray, keys: list[str], bound: float |
         )
 
 
-def check_values(bundle) -> dict[str, int]:
-    """Value checks beyond the bundle format; returns group counts by diagnosis label."""
+def _check_contract(bundle) -> None:
+    """Every table, column, string and manifest name against :mod:`sites.contract`."""
+    manifest = bundle.manifest
+    contract.check_manifest(manifest)
     subjects: pd.DataFrame = bundle.subjects
-    missing = [c for c in REQUIRED if c not in subjects.columns]
-    if missing:
-        raise _rejected("bad_values", f"subjects.parquet: missing columns {missing}")
-    keys = subjects["subject_key"].astype(str)
-    malformed = keys[~keys.str.fullmatch(r"[0-9a-f]{64}")]
-    if len(malformed):
-        raise _rejected(
-            "bad_values", f"subjects.parquet: subject_key {malformed.iloc[0]!r} is not a pseudonym"
-        )
-    dup = keys[keys.duplicated()]
-    if len(dup):
-        raise _rejected(
-            "bad_values", f"subjects.parquet: duplicate subject_key {dup.iloc[0][:16]}..."
-        )
-    labels = bundle.manifest.get("dx_labels")
-    if not isinstance(labels, dict) or not {"case", "control"} <= set(labels):
-        raise _rejected("bad_values", f"{MANIFEST}: dx_labels must name 'case' and 'control'")
-    known = {str(labels["case"]), str(labels["control"])}
-    for column, allowed in {"dx": known, **CODES}.items():
-        if column not in subjects.columns:
-            continue
-        values = subjects[column]
-        present = values.notna() if column not in ("dx", "sex") else pd.Series(True, values.index)
-        bad = present & ~values.astype(str).isin(allowed)
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise _rejected(
-                "bad_values",
-                f"subjects.parquet: {column} {values.iloc[i]!r} of subject {keys.iloc[i][:16]}... "
-                f"is not one of {sorted(allowed)}",
+    contract.check_subjects_table(
+        subjects, manifest.get("dx_labels"), contract.declared_extras(manifest)
+    )
+    contract.check_qc_tables(bundle.qc, bundle.qc_reasons)
+    contract.check_included(bundle.qc, subjects)
+    expected = {"subjects.parquet", "qc.parquet", "qc_reasons.parquet"}
+    for atlas in bundle.atlases:
+        expected |= {f"connectivity_{atlas}.parquet", f"networks_{atlas}.parquet"}
+        name = f"connectivity_{atlas}.parquet"
+        columns = pq.read_schema(bundle.path / name).names
+        if columns != ["subject_key", "edges"]:
+            raise contract.ContractError(
+                f"{name}: columns {columns[:5]} are not ['subject_key', 'edges']"
             )
-    for column, (low, high) in RANGES.items():
-        if column not in subjects.columns:
-            continue
-        values = pd.to_numeric(subjects[column], errors="coerce").to_numpy(dtype=float)
-        required = column in REQUIRED
-        bad = ~np.isfinite(values) if required else np.isinf(values)
-        with np.errstate(invalid="ignore"):
-            bad |= (values < low) | (values > high)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise _rejected(
-                "bad_values",
-                f"subjects.parquet: {column} = {values[i]!r} of subject {keys.iloc[i][:16]}... "
-                f"is outside the plausible range [{low}, {high}]",
-            )
-    key_list = keys.tolist()
+        contract.check_network_table(bundle.network_summaries(atlas), f"networks_{atlas}.parquet")
+    unknown = sorted(f for f in bundle.files if f.endswith(".parquet") and f not in expected)
+    if unknown:
+        raise contract.ContractError(f"{unknown[0]}: not a table of the bundle format")
+
+
+def check_values(bundle) -> dict[str, int]:
+    """Contract and value checks beyond the bundle format; returns group counts by label.
+
+    Raises
+    ------
+    ConfedError
+        ``contract_violation`` (422) naming the file and column when a table,
+        column or value breaks :mod:`sites.contract`; ``bad_values`` (422) for
+        non-finite or implausibly large connectivity and map values.
+    """
+    try:
+        _check_contract(bundle)
+    except contract.ContractError as exc:
+        raise _rejected("contract_violation", str(exc)) from exc
+    subjects: pd.DataFrame = bundle.subjects
+    labels = bundle.manifest["dx_labels"]
+    key_list = subjects["subject_key"].astype(str).tolist()
     for atlas in sorted(bundle.manifest.get("connectivity", {})):
         edges = bundle.connectivity(atlas)
         _check_finite(f"connectivity_{atlas}.parquet", edges, key_list, MAX_ABS_Z)
@@ -345,6 +385,60 @@ def record_upload(
         if error:
             details["error"] = error.code
         audit.append(session, actor, f"submission.{outcome}", f"site:{site_id}", details)
+
+
+_pending_lock = threading.Lock()
+_pending_memory: list[dict] = []
+
+
+def record_refusal(
+    coord: Coordinator, site_id: str, actor: str, size: int, err: ConfedError
+) -> None:
+    """Record a refused upload; if that fails (disk or database full), keep it pending.
+
+    A pending refusal goes to ``<root>/pending-uploads.jsonl`` (or, if even that
+    cannot be written, stays in memory) and is recorded by :func:`flush_pending`
+    at the start of the next ingest.
+    """
+    entry = {"site_id": site_id, "actor": actor, "size": size, "code": err.code}
+    entry |= {"message": err.message, "status": err.status}
+    try:
+        record_upload(coord, site_id, actor, size, "rejected", err)
+    except (SQLAlchemyError, OSError) as exc:
+        log.error("could not record refused upload of site %s (%s); kept pending", site_id, exc)
+        _keep_pending(coord, entry)
+
+
+def _keep_pending(coord: Coordinator, entry: dict) -> None:
+    with _pending_lock:
+        try:
+            with open(coord.settings.root / PENDING_FILE, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        except OSError:
+            _pending_memory.append(entry)
+
+
+def flush_pending(coord: Coordinator) -> int:
+    """Record the refusals kept pending; return how many were recorded."""
+    path = coord.settings.root / PENDING_FILE
+    with _pending_lock:
+        entries = list(_pending_memory)
+        _pending_memory.clear()
+        if path.is_file():
+            entries += [json.loads(line) for line in path.read_text().splitlines() if line]
+        done = 0
+        try:
+            for entry in entries:
+                err = ConfedError(entry["code"], entry["message"], entry["status"])
+                record_upload(
+                    coord, entry["site_id"], entry["actor"], entry["size"], "rejected", err
+                )
+                done += 1
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("pending upload records not recorded yet (%s)", exc)
+            _pending_memory.extend(entries[done:])
+        path.unlink(missing_ok=True)
+        return done
 
 
 def _existing(session: Session, bundle_hash: str, site_id: str) -> Submission | None:
@@ -464,51 +558,27 @@ def ingest_archive(
 ) -> IngestResult:
     """Validate and store the bundle archive ``tar_path`` uploaded by ``site_id``.
 
+    A bundle whose hash is already stored is answered as a duplicate only once
+    its files have been verified against the manifest (and so against the
+    stored objects).
+
     Raises
     ------
     ConfedError
-        With code and HTTP status; every refusal is also recorded as an upload of
-        the site with its reason, and audited.
+        With code and HTTP status (507 when the disk fills up); every refusal is
+        also recorded as an upload of the site with its reason, and audited,
+        after the temporary files are removed.
     """
     name = name or tar_path.name
     size = tar_path.stat().st_size
+    flush_pending(coord)
     with coord.db.session() as session:
         site = session.get(Site, site_id)
         if site is None:
             raise ConfedError("not_found", f"site {site_id} not found", 404)
         session.expunge(site)
-    workdir = coord.store.temp_path("ingest")
-    workdir.mkdir()
-    staged: list[StagedObject] = []
     try:
-        bundle_dir = safe_extract(
-            tar_path, workdir, coord.settings.max_upload_bytes * EXTRACT_RATIO, name
-        )
-        manifest_bytes, manifest = _check_identity(bundle_dir, site)
-        bundle_hash = hashlib.sha256(manifest_bytes).hexdigest()
-        with coord.db.session() as session:
-            existing = _existing(session, bundle_hash, site_id)
-            if existing is not None:
-                raise _Duplicate(existing.id)
-        try:
-            bundle = read_bundle(
-                bundle_dir, verify=True, public_key_pem=site.public_key_pem.encode()
-            )
-            group_counts = check_values(bundle)
-        except BundleError as exc:
-            raise _rejected("bad_bundle", f"{name}: {exc}") from exc
-        paths = sorted(bundle.files) + _unlisted(bundle)
-        for path in paths:
-            staged.append(coord.store.adopt(bundle_dir / path, bundle.files.get(path)))
-        _pause_for_tests(coord)
-        for s in staged:
-            coord.store.commit(s)
-        rel = dict(zip(paths, staged, strict=True))
-        result = _commit(coord, site_id, actor, bundle, manifest, rel, group_counts, size)
-        coord.store.view(
-            bundle_hash, {f.path: f.sha256 for f in _files(coord, result.submission.id)}
-        )
-        return result
+        return _ingest(coord, tar_path, site, actor, name, size)
     except _Duplicate as dup:
         with coord.db.session() as session:
             sub = session.get(Submission, dup.submission_id)
@@ -524,7 +594,50 @@ def ingest_archive(
         )
         return IngestResult(sub, False)
     except ConfedError as err:
-        record_upload(coord, site_id, actor, size, "rejected", err)
+        record_refusal(coord, site_id, actor, size, err)
+        raise
+
+
+def _ingest(
+    coord: Coordinator, tar_path: Path, site: Site, actor: str, name: str, size: int
+) -> IngestResult:
+    """The checks and the storage; temporary files are gone when this returns or raises."""
+    staged: list[StagedObject] = []
+    workdir = coord.store.temp_path("ingest")
+    try:
+        workdir.mkdir()
+        bundle_dir = safe_extract(tar_path, workdir, coord.settings.max_upload_bytes, name)
+        manifest_bytes, manifest = _check_identity(bundle_dir, site)
+        bundle_hash = hashlib.sha256(manifest_bytes).hexdigest()
+        try:
+            bundle = read_bundle(
+                bundle_dir, verify=True, public_key_pem=site.public_key_pem.encode()
+            )
+        except BundleError as exc:
+            raise _rejected("bad_bundle", f"{name}: {exc}") from exc
+        with coord.db.session() as session:
+            existing = _existing(session, bundle_hash, site.id)
+            if existing is not None:  # the same files as stored: verified just above
+                raise _Duplicate(existing.id)
+        try:
+            group_counts = check_values(bundle)
+        except BundleError as exc:
+            raise _rejected("bad_bundle", f"{name}: {exc}") from exc
+        paths = sorted(bundle.files) + _unlisted(bundle)
+        for path in paths:
+            staged.append(coord.store.adopt(bundle_dir / path, bundle.files.get(path)))
+        _pause_for_tests(coord)
+        for s in staged:
+            coord.store.commit(s)
+        rel = dict(zip(paths, staged, strict=True))
+        result = _commit(coord, site.id, actor, bundle, manifest, rel, group_counts, size)
+        coord.store.view(
+            bundle_hash, {f.path: f.sha256 for f in _files(coord, result.submission.id)}
+        )
+        return result
+    except (OSError, OperationalError) as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(exc, "unpacking and storing the bundle") from exc
         raise
     finally:
         coord.store.discard(staged)

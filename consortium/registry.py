@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sqlalchemy import select
@@ -13,8 +11,15 @@ from consortium import audit
 from consortium.auth import issue_token
 from consortium.db.models import Site, Token
 from consortium.errors import ConfedError
+from sites.contract import ContractError, check_name
 
-SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+def check_site_id(site_id: object) -> str:
+    """The contract's name rule (the API schemas apply the same one), as a 422."""
+    try:
+        return check_name(site_id, "site id")
+    except ContractError as err:
+        raise ConfedError("bad_site_id", str(err), 422) from err
 
 
 def check_public_key(pem: str, site_id: str) -> None:
@@ -35,12 +40,7 @@ def add_site(
     session: Session, site_id: str, name: str, public_key_pem: str, actor: str, days: int = 365
 ) -> tuple[Site, Token, str]:
     """Register a site and issue its first token (returned in plaintext once)."""
-    if not SITE_ID.match(site_id):
-        raise ConfedError(
-            "bad_site_id",
-            f"site id {site_id!r} must be 1-64 letters, digits, '_', '.', '-' "
-            "starting with a letter or digit",
-        )
+    check_site_id(site_id)
     if session.get(Site, site_id) is not None:
         raise ConfedError("conflict", f"site {site_id} already exists", 409)
     check_public_key(public_key_pem, site_id)

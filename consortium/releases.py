@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 from consortium import audit
 from consortium.db.models import Release, ReleaseSubmission, Site, Submission
 from consortium.errors import ConfedError
+from sites.contract import ContractError, check_name
 
 RELEASE_HASH_VERSION = "confed-release-v1"
 
@@ -60,6 +61,10 @@ def create_release(
     exclude_subjects: Iterable[str] = (),
 ) -> Release:
     """Freeze the current submissions of ``sites`` (default all) into release ``name``."""
+    try:
+        check_name(name, "release name")  # the rule of the API schema, for the CLI too
+    except ContractError as err:
+        raise ConfedError("bad_name", str(err), 422) from err
     if session.execute(select(Release.id).where(Release.name == name)).first() is not None:
         raise ConfedError("conflict", f"release {name} already exists; releases are immutable", 409)
     if sites is not None and len(set(sites)) != len(sites):
@@ -146,7 +151,8 @@ def read_exclusion_file(path: Path) -> list[str]:
 class _ExcludingBundle:
     """A read-only view of a bundle without some subjects (rows dropped everywhere).
 
-    Excluded subjects stay in ``qc`` with ``included=False`` and the reason given.
+    Excluded subjects stay in ``qc`` with ``included=False`` and the reason code
+    ``excluded_by_release`` (also in ``qc_reasons``).
     """
 
     def __init__(self, bundle: Any, excluded: set[str]):
@@ -166,8 +172,23 @@ class _ExcludingBundle:
         qc = self._bundle.qc.copy()
         hit = qc["subject_key"].isin(self._excluded) & qc["included"].astype(bool)
         qc.loc[hit, "included"] = False
-        qc.loc[hit, "reason"] = "excluded by release"
+        qc.loc[hit, "reason_codes"] = "excluded_by_release"
         return qc
+
+    @property
+    def qc_reasons(self) -> pd.DataFrame:
+        released = self._bundle.subjects["subject_key"]
+        keys = released[~self._keep].tolist()
+        added = pd.DataFrame(
+            {
+                "subject_key": pd.Series(keys, dtype=object),
+                "code": "excluded_by_release",
+                "field": "",
+                "value": np.nan,
+                "threshold": np.nan,
+            }
+        )
+        return pd.concat([self._bundle.qc_reasons, added], ignore_index=True)
 
     def connectivity(self, atlas_name: str) -> np.ndarray:
         return np.asarray(self._bundle.connectivity(atlas_name))[self._keep]
@@ -221,9 +242,39 @@ def open_release(root: Path | str, name: str, db_url: str | None = None):
 
 
 def open_submission(coord, session: Session, submission: Submission):
-    """Open a stored submission as a verified ``sites.bundle.Bundle``."""
-    from sites.bundle import read_bundle
+    """Open a stored submission as a verified ``sites.bundle.Bundle``.
+
+    Every file is read from the object store's view of the bundle, must resolve
+    inside it, be the object itself and match the SHA-256 of its database row
+    (hashed once per process while the file is unchanged); the manifest must be
+    the submitted one (its hash is the bundle hash) and list those same files.
+
+    Raises
+    ------
+    ConfedError
+        ``store_corrupted`` (500) naming the file, when any check fails.
+    """
+    from sites.bundle import BundleError, read_bundle
 
     files = {f.path: f.sha256 for f in submission.files}
-    view = coord.store.view(submission.bundle_hash, files)
-    return read_bundle(view, verify=True)
+    view = coord.store.verified_view(submission.bundle_hash, files)
+    try:
+        bundle = read_bundle(view, verify=False)
+    except BundleError as exc:
+        raise _corrupted(submission, str(exc)) from exc
+    if bundle.bundle_hash != submission.bundle_hash:
+        raise _corrupted(submission, "manifest.json is not the submitted manifest")
+    for path, sha in bundle.files.items():
+        if files.get(path) != sha:
+            raise _corrupted(submission, f"{path}: not the file the manifest lists")
+    return bundle
+
+
+def _corrupted(submission: Submission, problem: str) -> ConfedError:
+    return ConfedError(
+        "store_corrupted",
+        f"submission {submission.id} (site {submission.site_id}, bundle "
+        f"{submission.bundle_hash[:16]}...) in the object store is corrupted: {problem}; "
+        "run `confed coord fsck`",
+        500,
+    )

@@ -11,6 +11,7 @@ from consortium.db.session import default_sqlite_url
 from consortium.errors import ConfedError
 
 SETTINGS_FILE = "coordinator.json"
+CHECKPOINT_FILE = "audit-checkpoints.jsonl"
 
 
 @dataclass
@@ -31,6 +32,18 @@ class Settings:
         (REST-meta-MDD dropped sites with fewer than 10 patients or 10 controls).
     token_days : int
         Default lifetime of new API tokens.
+    max_json_bytes : int
+        Largest request body of every route but the bundle upload (413 beyond it).
+    auth_fail_limit, auth_fail_window : int
+        After this many refused tokens (401) from one client address within this
+        many seconds, that address gets 429 until the window has passed.
+    checkpoint_file : str or None
+        Append-only file of signed audit checkpoints; None means
+        ``<root>/audit-checkpoints.jsonl``. Point it at a WORM or remote mount
+        to keep it out of reach of whoever can write the database.
+    disk_low_bytes : int
+        ``/health`` reports the disk as ``low`` when the root's file system has
+        fewer free bytes than this.
     """
 
     root: Path
@@ -38,10 +51,19 @@ class Settings:
     max_upload_bytes: int = 2 * 1024**3
     min_per_group: int = 10
     token_days: int = 365
+    max_json_bytes: int = 1024**2
+    auth_fail_limit: int = 10
+    auth_fail_window: int = 60
+    checkpoint_file: str | None = None
+    disk_low_bytes: int = 1024**3
 
     @property
     def database_url(self) -> str:
         return self.db_url or default_sqlite_url(self.root)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.checkpoint_file) if self.checkpoint_file else self.root / CHECKPOINT_FILE
 
     @classmethod
     def load(cls, root: Path | str, db_url: str | None = None) -> Settings:

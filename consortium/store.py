@@ -22,8 +22,26 @@ from pathlib import Path
 
 from consortium.errors import ConfedError
 from sites.bundle import sha256_file
+from sites.contract import ContractError, check_bundle_path
 
 CHUNK = 1 << 20
+#: (device, inode, size, mtime, ctime) of a file -> its SHA-256, for this process.
+_HASHES: dict[tuple[int, int, int, int, int], str] = {}
+
+
+def cached_sha256(path: Path) -> str:
+    """SHA-256 of ``path``, hashed once per process while the file is unchanged.
+
+    The cache key includes the inode's change time (``ctime``), which every
+    write, truncation, ``chmod`` or ``touch`` moves, so a modified file is
+    always re-hashed.
+    """
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _HASHES.get(key)
+    if digest is None:
+        digest = _HASHES[key] = sha256_file(path)
+    return digest
 
 
 def _fsync_dir(path: Path) -> None:
@@ -59,6 +77,7 @@ class ObjectStore:
         self.tmp_dir = self.root / "tmp"
         for d in (self.objects_dir, self.bundles_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)  # owner only, whatever the umask
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -121,8 +140,8 @@ class ObjectStore:
         if dest.exists():
             staged.temp_path.unlink(missing_ok=True)
             return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(staged.temp_path, 0o444)
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(staged.temp_path, 0o400)  # read-only, owner only
         os.replace(staged.temp_path, dest)
         _fsync_dir(dest.parent)
         return dest
@@ -161,10 +180,16 @@ class ObjectStore:
         if dest.is_dir():
             return dest
         tmp = self.temp_path("view")
-        tmp.mkdir()
+        tmp.mkdir(mode=0o700)
         for rel, sha in files.items():
+            try:
+                check_bundle_path(rel, "file")
+            except ContractError as exc:
+                shutil.rmtree(tmp)
+                message = f"bundle {bundle_hash[:16]}...: {exc}"
+                raise ConfedError("store_corrupted", message, 500) from exc
             target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             obj = self.path(sha)
             if not obj.is_file():
                 shutil.rmtree(tmp)
@@ -177,3 +202,56 @@ class ObjectStore:
             if not dest.is_dir():
                 raise
         return dest
+
+    def check_view(self, bundle_hash: str, files: dict[str, str], rehash: bool = True) -> list[str]:
+        """Problems of the view ``bundles/<bundle_hash>/`` against ``files`` (path -> sha256).
+
+        Every path must be a valid bundle path, resolve inside the view (so inside
+        the store), be the very object file (a hard link: same inode) and, with
+        ``rehash``, the object's content must match its hash. Files in the view
+        that ``files`` does not list are problems too. A missing view is none.
+        """
+        view = self.bundles_dir / bundle_hash
+        if not view.is_dir():
+            return []
+        problems = [self._check_view_file(view, rel, sha, rehash) for rel, sha in files.items()]
+        present = {p.relative_to(view).as_posix() for p in view.rglob("*") if not p.is_dir()}
+        problems += [f"{view.name}/{rel}: extra file in the view" for rel in present - set(files)]
+        return [p for p in problems if p]
+
+    def _check_view_file(self, view: Path, rel: str, sha: str, rehash: bool) -> str | None:
+        where = f"{view.name}/{rel}"
+        try:
+            check_bundle_path(rel, "file")
+        except ContractError as exc:
+            return f"{where}: {exc}"
+        path, obj = view / rel, self.path(sha)
+        if path.is_symlink() or view.resolve() not in path.resolve().parents:
+            return f"{where}: resolves outside the view (a link)"
+        if not path.is_file() or not obj.is_file():
+            return f"{where}: missing (object {sha[:16]}...)"
+        a, b = os.stat(path), os.stat(obj)
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+            return f"{where}: the view file differs from its object {sha[:16]}..."
+        if rehash and cached_sha256(obj) != sha:
+            return f"{where}: content does not match its hash {sha[:16]}... (modified)"
+        return None
+
+    def verified_view(self, bundle_hash: str, files: dict[str, str]) -> Path:
+        """The view of a bundle whose every file was checked against its hash.
+
+        Raises
+        ------
+        ConfedError
+            ``store_corrupted`` (500) naming the first file that is not its object.
+        """
+        view = self.view(bundle_hash, files)
+        problems = self.check_view(bundle_hash, files)
+        if problems:
+            raise ConfedError(
+                "store_corrupted",
+                f"bundle {bundle_hash[:16]}... in the object store is corrupted: {problems[0]} "
+                f"({len(problems)} problem(s)); run `confed coord fsck`",
+                500,
+            )
+        return view

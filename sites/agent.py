@@ -8,6 +8,10 @@ exclusions; problems that mean the site's files or config are wrong (an
 unreadable file, a wrong column count, a time series file of a subject absent
 from the phenotype table, a map on another grid) stop the run with an error
 naming the file and subject, and leave no bundle behind.
+
+QC reasons enter the bundle as codes (:mod:`sites.contract`); the same reasons
+with subject IDs and file paths go to a local log next to the bundle
+(:func:`sites.qc.local_log_path`), which stays at the site.
 """
 
 from __future__ import annotations
@@ -32,7 +36,14 @@ from sites.maps import standardized_maps
 from sites.motion import mean_fd, mean_fd_from_confounds, read_realignment
 from sites.phenotypes import Phenotypes, load_phenotypes
 from sites.pseudonym import load_secret, subject_key
-from sites.qc import phenotype_problems, qc_table, timeseries_problems
+from sites.qc import (
+    Reason,
+    local_log_path,
+    phenotype_problems,
+    qc_tables,
+    timeseries_problems,
+    write_local_log,
+)
 from sites.timeseries import read_timeseries
 
 SUBJECT_FIELD = "{subject_id}"
@@ -94,7 +105,9 @@ def _timeseries(config: SiteConfig, source: _Source, subject: str) -> tuple[np.n
     return extract_spheres(path, source.atlas, cfg.radius_mm), path
 
 
-def _subject_fd(config: SiteConfig, phen: pd.DataFrame, subject: str) -> tuple[float, str | None]:
+def _subject_fd(
+    config: SiteConfig, phen: pd.DataFrame, subject: str
+) -> tuple[float, Reason | None]:
     motion = config.motion
     if motion.source == "phenotype":
         return float(phen.at[subject, "mean_fd"]), None
@@ -102,7 +115,7 @@ def _subject_fd(config: SiteConfig, phen: pd.DataFrame, subject: str) -> tuple[f
         return float("nan"), None
     path = _subject_path(config, motion.pattern or "", subject)
     if not path.exists():
-        return float("nan"), f"missing motion file: expected {path}"
+        return float("nan"), Reason("motion_missing", "mean_fd", detail=f"no motion file {path}")
     if motion.source == "confounds":
         definition = None if motion.definition == "power" else motion.definition
         return mean_fd_from_confounds(path, definition=definition), None
@@ -157,7 +170,8 @@ def compute(
     Returns
     -------
     Path
-        The bundle directory.
+        The bundle directory. The local QC log (subject IDs, file paths) is
+        written next to it, at :func:`sites.qc.local_log_path` of the bundle.
     """
     out_dir = Path(out_dir)
     private_key = load_private_key(config.resolve(config.keys.private_key))
@@ -185,7 +199,8 @@ def compute(
             for subject in ids:
                 path = _subject_path(config, m.pattern, subject)
                 if not path.exists():
-                    reasons[subject].append(f"missing {m.metric} map: expected {path}")
+                    text = f"missing {m.metric} map: expected {path}"
+                    reasons[subject].append(Reason("missing_map", m.metric, detail=text))
         included = [s for s in ids if not reasons[s]]
         maps = {}
         for m in config.maps:
@@ -210,11 +225,13 @@ def compute(
     networks = {
         s.atlas.name: network_summaries(connectivity[s.atlas.name], s.atlas) for s in sources
     }
-    return write_bundle(
+    qc, qc_reasons = qc_tables(keys, [reasons[s] for s in ids], fds)
+    bundle = write_bundle(
         out_dir,
         site_id=config.site_id,
         subjects=subjects_out,
-        qc=qc_table(keys, [reasons[s] for s in ids], fds),
+        qc=qc,
+        qc_reasons=qc_reasons,
         connectivity=connectivity,
         networks=networks,
         maps=maps,
@@ -222,6 +239,8 @@ def compute(
         private_key=private_key,
         overwrite=overwrite,
     )
+    write_local_log(local_log_path(bundle), ids, keys, [reasons[s] for s in ids])
+    return bundle
 
 
 def _process_subject(
@@ -229,7 +248,7 @@ def _process_subject(
     table: pd.DataFrame,
     subject: str,
     sources: list[_Source],
-    reasons: list[str],
+    reasons: list[Reason],
 ) -> float:
     """Read one subject's data; append QC reasons; keep FC when clean. Returns mean FD."""
     try:
@@ -243,7 +262,8 @@ def _process_subject(
     for source in sources:
         path = _subject_path(config, source.config.pattern, subject)
         if not path.exists():
-            reasons.append(f"missing time series ({source.atlas.name}): expected {path}")
+            text = f"missing time series ({source.atlas.name}): expected {path}"
+            reasons.append(Reason("missing_timeseries", source.atlas.name, detail=text))
             continue
         try:
             ts, path = _timeseries(config, source, subject)
@@ -255,7 +275,8 @@ def _process_subject(
             continue
         edges = fisher_z_connectivity(ts)
         if not np.isfinite(edges).all():
-            reasons.append(f"non-finite connectivity ({source.atlas.name}; {path})")
+            text = f"non-finite connectivity ({source.atlas.name}; {path})"
+            reasons.append(Reason("non_finite_connectivity", source.atlas.name, detail=text))
             continue
         source.edges[subject] = edges
     return fd

@@ -1,4 +1,4 @@
-"""Submission bundles: writer, reader and verifier (format version 1.0).
+"""Submission bundles: writer, reader and verifier (format version 2.0).
 
 A bundle is a directory (or a ``.tar`` of it) holding Parquet tables, maps,
 a QC report and a signed ``manifest.json``. The specification is
@@ -22,7 +22,7 @@ import tempfile
 import uuid
 from datetime import UTC, datetime
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -33,10 +33,13 @@ import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from sites import contract
 from sites import keys as site_keys
 
-FORMAT_VERSION = "1.0"
-SUPPORTED_VERSIONS = ("1.0",)
+#: 2.0: QC reasons are contract codes (``qc.parquet`` + ``qc_reasons.parquet``), no
+#: ``qc.csv``; 1.0 bundles carried free-text reasons and are no longer accepted.
+FORMAT_VERSION = "2.0"
+SUPPORTED_VERSIONS = ("2.0",)
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 SIGNER = "signature.json"
@@ -93,6 +96,7 @@ def write_bundle(
     site_id: str,
     subjects: pd.DataFrame,
     qc: pd.DataFrame,
+    qc_reasons: pd.DataFrame | None = None,
     connectivity: dict[str, np.ndarray],
     networks: dict[str, pd.DataFrame],
     maps: dict[str, tuple[nib.Nifti1Image, np.ndarray]] | None = None,
@@ -111,7 +115,13 @@ def write_bundle(
     subjects : DataFrame
         Included subjects: ``subject_key`` and canonical phenotype columns.
     qc : DataFrame
-        All subjects: ``subject_key``, ``included``, ``reason`` (+ extras).
+        All subjects: ``subject_key``, ``included``, ``reason_codes``, optional
+        ``mean_fd`` (:data:`sites.contract.QC_COLUMNS`).
+    qc_reasons : DataFrame, optional
+        One row per exclusion reason (:data:`sites.contract.QC_REASON_COLUMNS`);
+        none when omitted. Both QC tables, the subjects and the network
+        summaries are checked against :mod:`sites.contract` before anything is
+        written (:class:`sites.contract.ContractError`).
     connectivity : dict
         atlas name -> subjects x edges array (rows in ``subjects`` order).
     networks : dict
@@ -133,6 +143,8 @@ def write_bundle(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise BundleError(f"{out_dir}: already exists (use overwrite to replace it)")
+    qc_reasons = contract.empty_qc_reasons() if qc_reasons is None else qc_reasons
+    _check_contract(site_id, subjects, qc, qc_reasons, networks, metadata or {})
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -142,6 +154,7 @@ def write_bundle(
             site_id,
             subjects,
             qc,
+            qc_reasons,
             connectivity,
             networks,
             maps or {},
@@ -161,11 +174,50 @@ def write_bundle(
     return out_dir
 
 
+def _check_contract(
+    site_id: str,
+    subjects: pd.DataFrame,
+    qc: pd.DataFrame,
+    qc_reasons: pd.DataFrame,
+    networks: dict[str, pd.DataFrame],
+    metadata: dict[str, Any],
+) -> None:
+    """The site's side of the contract: what the coordinator will check at ingest."""
+    contract.check_manifest({**metadata, "site_id": site_id})
+    extras = contract.declared_extras(metadata)
+    contract.check_subjects_table(subjects, metadata.get("dx_labels"), extras)
+    contract.check_qc_tables(qc, qc_reasons)
+    contract.check_included(qc, subjects)
+    for atlas, table in networks.items():
+        contract.check_network_table(table, f"networks_{atlas}.parquet")
+
+
+def _check_file_names(
+    connectivity: dict[str, Any], networks: dict[str, Any], maps: dict[str, Any]
+) -> None:
+    """Atlas and metric names become file names: check them before writing anything."""
+    for section, names in (("connectivity", connectivity), ("networks", networks), ("maps", maps)):
+        for name in names:
+            try:
+                contract.check_name(name, f"{section} name")
+            except contract.ContractError as exc:
+                raise BundleError(str(exc)) from exc
+
+
+def _check_layout(manifest: dict[str, Any]) -> dict[str, int]:
+    """:func:`sites.contract.check_manifest_files` with :class:`BundleError`."""
+    try:
+        return contract.check_manifest_files(manifest)
+    except contract.ContractError as exc:
+        raise BundleError(str(exc)) from exc
+
+
 def _write_contents(
     root: Path,
     site_id: str,
     subjects: pd.DataFrame,
     qc: pd.DataFrame,
+    qc_reasons: pd.DataFrame,
     connectivity: dict[str, np.ndarray],
     networks: dict[str, pd.DataFrame],
     maps: dict[str, tuple[nib.Nifti1Image, np.ndarray]],
@@ -174,11 +226,12 @@ def _write_contents(
 ) -> None:
     if "subject_key" not in subjects.columns or subjects["subject_key"].duplicated().any():
         raise BundleError("subjects.parquet: subject_key column missing or not unique")
+    _check_file_names(connectivity, networks, maps)
     keys = subjects["subject_key"].tolist()
     n = len(keys)
     subjects.reset_index(drop=True).to_parquet(root / "subjects.parquet", index=False)
     qc.reset_index(drop=True).to_parquet(root / "qc.parquet", index=False)
-    qc.to_csv(root / "qc.csv", index=False)
+    qc_reasons.reset_index(drop=True).to_parquet(root / "qc_reasons.parquet", index=False)
     atlases = {}
     for atlas, edges in connectivity.items():
         _check_rows(f"connectivity_{atlas}.parquet", len(edges), n)
@@ -229,6 +282,7 @@ def _write_contents(
         "files": files,
     }
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    _check_layout(contract.parse_manifest(manifest_bytes))
     (root / MANIFEST).write_bytes(manifest_bytes)
     (root / SIGNATURE).write_bytes(private_key.sign(manifest_bytes))
     public = site_keys.public_pem(private_key.public_key())
@@ -255,11 +309,10 @@ class Bundle:
         except FileNotFoundError as exc:
             raise BundleError(f"{MANIFEST}: missing from {path}") from exc
         try:
-            self.manifest: dict[str, Any] = json.loads(self.manifest_bytes)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{MANIFEST}: not valid JSON ({exc})") from exc
-        if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("files"), dict):
-            raise BundleError(f"{MANIFEST}: no 'files' table")
+            self.manifest: dict[str, Any] = contract.parse_manifest(self.manifest_bytes)
+        except contract.ContractError as exc:
+            raise BundleError(str(exc)) from exc
+        _check_layout(self.manifest)
         version = self.manifest.get("format_version")
         if version not in SUPPORTED_VERSIONS:
             raise BundleError(
@@ -327,7 +380,7 @@ class Bundle:
         if name not in self.manifest["files"]:
             raise BundleError(f"{name}: not in this bundle")
         try:
-            return pd.read_parquet(self._root / name)
+            return pd.read_parquet(self._file(name))
         except Exception as exc:  # pyarrow raises several types
             raise BundleError(f"{name}: cannot read Parquet ({exc})") from exc
 
@@ -338,6 +391,11 @@ class Bundle:
     @cached_property
     def qc(self) -> pd.DataFrame:
         return self._parquet("qc.parquet")
+
+    @cached_property
+    def qc_reasons(self) -> pd.DataFrame:
+        """One row per exclusion reason: ``subject_key, code, field, value, threshold``."""
+        return self._parquet("qc_reasons.parquet")
 
     @property
     def atlases(self) -> list[str]:
@@ -352,7 +410,7 @@ class Bundle:
         name = f"connectivity_{atlas_name}.parquet"
         if name not in self.manifest["files"]:
             raise BundleError(f"{name}: no connectivity for atlas {atlas_name!r} in this bundle")
-        table = pq.read_table(self._root / name)
+        table = pq.read_table(self._file(name))
         self._check_order(name, table.column("subject_key").to_pandas())
         column = table.column("edges").combine_chunks()
         width = column.type.list_size
@@ -376,7 +434,7 @@ class Bundle:
     def map_mask(self, metric: str) -> nib.Nifti1Image:
         """The mask image of ``metric`` (no subject data is read)."""
         self._map_path(metric)
-        mask = nib.load(self._root / "maps" / f"{metric}_mask.nii.gz")
+        mask = nib.load(self._file(f"maps/{metric}_mask.nii.gz"))
         return nib.Nifti1Image(np.asarray(mask.dataobj), mask.affine, mask.header)
 
     def map_columns(self, metric: str, start: int, stop: int) -> np.ndarray:
@@ -391,55 +449,33 @@ class Bundle:
     def _map_path(self, metric: str) -> Path:
         if metric not in self.manifest.get("maps", {}):
             raise BundleError(f"maps/{metric}.npy: no map {metric!r} in this bundle")
-        return self._root / "maps" / f"{metric}.npy"
+        return self._file(f"maps/{metric}.npy")
+
+    def _file(self, name: str) -> Path:
+        """The path of listed file ``name``; refuse one that resolves outside the bundle."""
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{name}: not in this bundle")
+        path = self._root / name
+        root = self._root.resolve()
+        if root not in path.resolve().parents:
+            raise BundleError(f"{name}: resolves outside the bundle folder {root}")
+        return path
 
     def __repr__(self) -> str:
         return f"Bundle(site_id={self.site_id!r}, path={str(self.path)!r}, {self.bundle_hash[:12]})"
 
 
-def _check_member(member: tarfile.TarInfo) -> None:
-    name = member.name
-    pure = PurePosixPath(name)
-    if name.startswith(("/", "\\")) or pure.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        raise BundleError(f"{name}: tar member has an absolute path")
-    if ".." in pure.parts or "\\" in name:
-        raise BundleError(f"{name}: tar member path escapes the bundle ('..')")
-    if member.issym() or member.islnk():
-        raise BundleError(f"{name}: tar member is a link")
-    if member.isdev() or not (member.isfile() or member.isdir()):
-        raise BundleError(f"{name}: tar member is a device or special file")
-
-
 def _extract_tar(path: Path) -> tuple[Path, tempfile.TemporaryDirectory]:
+    """Unpack a bundle archive into a private temporary folder (:mod:`sites.archive`)."""
+    from sites.archive import unpack_archive
+
     tmp = tempfile.TemporaryDirectory(prefix="confed-bundle-")
-    target = Path(tmp.name)
     try:
-        with tarfile.open(path, "r:*") as archive:
-            members = archive.getmembers()
-            for member in members:
-                _check_member(member)
-            for member in members:
-                dest = target.joinpath(*PurePosixPath(member.name).parts)
-                if member.isdir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                source = archive.extractfile(member)
-                with open(dest, "wb") as handle:
-                    shutil.copyfileobj(source, handle)
-    except tarfile.TarError as exc:
-        tmp.cleanup()
-        raise BundleError(f"{path}: not a readable tar archive ({exc})") from exc
+        unpack_archive(path, Path(tmp.name))
     except BaseException:
         tmp.cleanup()
         raise
-    if (target / MANIFEST).exists():
-        return target, tmp
-    tops = [p for p in target.iterdir()]
-    if len(tops) == 1 and (tops[0] / MANIFEST).exists():
-        return tops[0], tmp
-    tmp.cleanup()
-    raise BundleError(f"{path}: no {MANIFEST} at the top of the archive")
+    return Path(tmp.name), tmp
 
 
 def read_bundle(

@@ -8,12 +8,14 @@ are registered on the same ``app`` by :mod:`sites.client`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from sites.bundle import BundleError, describe_bundle, export_bundle, read_bundle
+from sites.contract import check_name
 from sites.keys import fingerprint, generate_keypair
 from sites.pseudonym import new_secret
 
@@ -83,14 +85,21 @@ def init_command(
 ) -> None:
     """Create a site config, an Ed25519 key pair and a pseudonymization secret."""
     try:
+        check_name(site_id, "site id")  # the coordinator's rule for site ids
         if out_path.exists():
             raise FileExistsError(f"{out_path}: already exists; refusing to overwrite")
         base = out_path.parent
         private_rel = f"{keys_dir}/site_ed25519.pem"
         public_rel = f"{keys_dir}/site_ed25519.pub.pem"
         secret_rel = f"{keys_dir}/pseudonym.secret"
-        _, public = generate_keypair(base / private_rel, base / public_rel)
-        new_secret(base / secret_rel)
+        previous = os.umask(0o077)  # keys, secret and config: owner only
+        try:
+            (base / keys_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(base / keys_dir, 0o700)
+            _, public = generate_keypair(base / private_rel, base / public_rel)
+            new_secret(base / secret_rel)
+        finally:
+            os.umask(previous)
         out_path.write_text(
             CONFIG_TEMPLATE.format(
                 site_id=site_id, private_key=private_rel, public_key=public_rel, secret=secret_rel
@@ -113,6 +122,7 @@ def compute_command(
     """Compute connectivity, summaries, maps and QC; write a signed bundle."""
     from sites.agent import compute
     from sites.config import load_config
+    from sites.qc import local_log_path
 
     try:
         bundle_dir = compute(load_config(config), out_dir, overwrite=overwrite, progress=not quiet)
@@ -120,6 +130,12 @@ def compute_command(
     except EXPECTED_ERRORS as exc:
         _fail(exc)
     out.print(describe_bundle(bundle), soft_wrap=True)
+    out.print(
+        f"QC log with subject IDs and file paths (stays at the site, not in the bundle): "
+        f"{local_log_path(bundle_dir)}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @app.command("validate")
@@ -154,10 +170,15 @@ def export_command(
 
 
 # Upload commands live in sites.client (coordinator engineer); registered here.
-from sites.client import status_command, submit_command  # noqa: E402
+from sites.client import (  # noqa: E402
+    status_command,
+    submit_command,
+    verify_receipts_command,
+)
 
 app.command("submit")(submit_command)
 app.command("status")(status_command)
+app.command("verify-receipts")(verify_receipts_command)
 
 from sites.proposals_client import proposals_command  # noqa: E402
 

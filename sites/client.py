@@ -11,6 +11,12 @@ or from ``--url`` / ``--token-file`` / the ``CONFED_COORDINATOR_URL`` and
 ``CONFED_SITE_TOKEN`` environment variables. Uploads are retried on network
 errors and 5xx answers: this is safe because the coordinator treats an upload
 of the same bundle (same manifest hash) as the same submission.
+
+Every answer to an upload (accepted, duplicate or refused) carries a signed
+receipt of the coordinator's audit log; ``submit`` keeps each one in
+``receipts.jsonl`` next to the config and pins the coordinator's public key at
+the first submission (see :mod:`sites.receipts`); ``verify-receipts`` checks
+them all against the coordinator's log as it is now.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from sites import receipts as rc
 from sites.bundle import BundleError, export_bundle, read_bundle
 
 API = "/api/v1"
@@ -42,10 +49,17 @@ out = Console()
 class SubmitError(RuntimeError):
     """A refused or failed upload; the message carries the coordinator's reason."""
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        code: str | None = None,
+        receipt: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
+        self.receipt = receipt
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class Connection:
     url: str
     token: str
     site_id: str
+    root: Path | None = None  # the config's folder: receipts and the pinned key live here
 
 
 def read_connection(
@@ -91,17 +106,23 @@ def read_connection(
             raise SubmitError(f"{path}: cannot read the site token ({exc})") from exc
         if not token:
             raise SubmitError(f"{path}: the token file is empty")
-    return Connection(url.rstrip("/"), token, site_id)
+    return Connection(url.rstrip("/"), token, site_id, Path(config).resolve().parent)
 
 
 def _error_of(response: httpx.Response) -> SubmitError:
+    receipt = None
     try:
-        body = response.json()["error"]
+        answer = response.json()
+        body = answer["error"]
         code, message = body["code"], body["message"]
-    except (ValueError, KeyError, TypeError):
+        receipt = answer.get("receipt")
+    except (ValueError, KeyError, TypeError, AttributeError):
         code, message = None, response.text[:500] or response.reason_phrase
     return SubmitError(
-        f"coordinator answered {response.status_code}: {message}", response.status_code, code
+        f"coordinator answered {response.status_code}: {message}",
+        response.status_code,
+        code,
+        receipt,
     )
 
 
@@ -164,11 +185,74 @@ def submit(
         raise SubmitError(
             f"{bundle}: bundle is for site {opened.site_id}, the config is for {conn.site_id}"
         )
-    if bundle.is_file():
-        return upload(conn, bundle, retries, backoff, on_retry=on_retry)
-    with tempfile.TemporaryDirectory(prefix="confed-submit-") as tmp:
-        tar_path = export_bundle(bundle, Path(tmp) / f"{bundle.name}.tar")
-        return upload(conn, tar_path, retries, backoff, on_retry=on_retry)
+    context = {"bundle_hash": opened.bundle_hash, "bundle": str(bundle)}
+    try:
+        if bundle.is_file():
+            answer, attempts = upload(conn, bundle, retries, backoff, on_retry=on_retry)
+        else:
+            with tempfile.TemporaryDirectory(prefix="confed-submit-") as tmp:
+                tar_path = export_bundle(bundle, Path(tmp) / f"{bundle.name}.tar")
+                answer, attempts = upload(conn, tar_path, retries, backoff, on_retry=on_retry)
+    except SubmitError as exc:
+        if exc.receipt is not None:
+            keep_receipt(conn, exc.receipt, {**context, "outcome": f"rejected: {exc.code}"})
+        raise
+    outcome = "accepted" if answer.get("created") else "duplicate"
+    problem = keep_receipt(conn, answer.get("receipt"), {**context, "outcome": outcome})
+    if problem:
+        answer["receipt_problem"] = problem
+    return answer, attempts
+
+
+def _get(conn: Connection, path: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {conn.token}"}
+    try:
+        return httpx.get(f"{conn.url}{API}{path}", headers=headers, timeout=60)
+    except httpx.TransportError as exc:
+        raise SubmitError(f"cannot reach {conn.url}: {exc}") from exc
+
+
+def fetch_audit_key(conn: Connection) -> bytes:
+    """The coordinator's audit signing key (PEM), as it publishes it now."""
+    response = _get(conn, "/audit/key")
+    if response.status_code != 200:
+        raise _error_of(response)
+    return response.json()["public_key_pem"].encode()
+
+
+def fetch_entry_hash(conn: Connection, seq: int) -> str | None:
+    """The coordinator's current hash of audit entry ``seq``; None if it has no such entry."""
+    response = _get(conn, f"/audit/entries/{seq}/hash")
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise _error_of(response)
+    return response.json()["entry_hash"]
+
+
+def keep_receipt(conn: Connection, raw: Any, context: dict[str, Any]) -> str | None:
+    """Store a receipt next to the config; pin the coordinator key on first use.
+
+    Returns
+    -------
+    str or None
+        A problem to show (no receipt, bad signature, key changed), or None.
+    """
+    if conn.root is None:
+        return None
+    receipt = rc.parse_receipt(raw)
+    if receipt is None:
+        return "the coordinator's answer carries no valid receipt"
+    rc.store_receipt(conn.root, receipt, {**context, "site_id": conn.site_id, "url": conn.url})
+    pinned = rc.pinned_key(conn.root)
+    if pinned is None:
+        try:
+            pinned = fetch_audit_key(conn)
+            rc.pin_key(conn.root, pinned)
+        except (SubmitError, ValueError) as exc:
+            return f"cannot pin the coordinator's audit key: {exc}"
+    why = rc.verify_receipt(receipt, pinned)
+    return f"receipt of entry {receipt.seq} does not verify: {why}" if why else None
 
 
 def fetch_status(conn: Connection, limit: int = 20) -> dict[str, Any]:
@@ -230,6 +314,85 @@ def submit_command(
     )
     for flag in sub["flags"]:
         out.print(f"flag: {flag}", highlight=False)
+    if answer.get("receipt"):
+        out.print(
+            f"receipt: audit entry {answer['receipt']['seq']}, kept in {rc.RECEIPTS_FILE}",
+            highlight=False,
+        )
+    if answer.get("receipt_problem"):
+        err.print(f"[yellow]warning:[/yellow] {answer['receipt_problem']}", highlight=False)
+
+
+def check_receipts(conn: Connection) -> list[tuple[int, dict[str, Any], str, str]]:
+    """Check every stored receipt: ``(line, record, status, detail)`` per receipt.
+
+    Status is ``ok``, ``missing`` (the coordinator has no such entry), ``altered``
+    (the entry's hash is not the one signed) or ``bad-signature`` (the receipt does
+    not verify with the pinned key, or the line is unreadable).
+    """
+    if conn.root is None:
+        raise SubmitError("no site folder: receipts are kept next to the site config")
+    pinned = rc.pinned_key(conn.root)
+    if pinned is None:
+        raise SubmitError(
+            f"no pinned coordinator key ({conn.root / rc.PINNED_KEY_FILE}): it is stored at the "
+            "first submission"
+        )
+    results = []
+    for line, record, receipt in rc.stored_receipts(conn.root):
+        if receipt is None:
+            results.append((line, record, "bad-signature", "not a readable receipt"))
+            continue
+        why = rc.verify_receipt(receipt, pinned)
+        if why:
+            results.append((line, record, "bad-signature", why))
+            continue
+        current = fetch_entry_hash(conn, receipt.seq)
+        if current is None:
+            status, detail = "missing", f"the coordinator has no audit entry {receipt.seq}"
+        elif current != receipt.entry_hash:
+            status = "altered"
+            detail = f"entry hash is now {current[:16]}..., signed {receipt.entry_hash[:16]}..."
+        else:
+            status, detail = "ok", f"entry hash {current[:16]}..."
+        results.append((line, record, status, detail))
+    return results
+
+
+def verify_receipts_command(
+    config: Path = ConfigOpt,
+    url: str | None = UrlOpt,
+    token_file: Path | None = TokenOpt,
+) -> None:
+    """Check every kept receipt against the coordinator's audit log; exit 1 unless all ok."""
+    try:
+        conn = read_connection(config, url, token_file)
+        results = check_receipts(conn)
+    except (SubmitError, ValueError) as exc:
+        _fail(exc)
+    if not results:
+        out.print(f"no receipts in {conn.root / rc.RECEIPTS_FILE}", highlight=False)
+        return
+    for line, record, status, detail in results:
+        seq = (record.get("receipt") or {}).get("seq", "?")
+        what = record.get("outcome", "?")
+        bundle = str(record.get("bundle_hash") or "")[:16]
+        out.print(
+            f"{status}: receipt line {line}, audit entry {seq} ({what}, bundle {bundle}): {detail}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    bad = [r for r in results if r[2] != "ok"]
+    out.print(f"{len(results) - len(bad)} ok, {len(bad)} not ok", highlight=False)
+    if bad:
+        err.print(
+            "[red]the coordinator's audit log no longer shows what it signed for you[/red]: "
+            "keep receipts.jsonl and tell the coordinator operator (see "
+            "docs/site-data-manager/README.md, 'Receipts')",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(code=1)
 
 
 def status_command(

@@ -12,8 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CANONICAL_REQUIRED = ("subject_id", "dx", "age", "sex")
-CANONICAL_OPTIONAL = ("education_years", "mean_fd", "episode", "medication", "hamd")
+from sites.contract import NAME_PATTERN, PHENOTYPE_COLUMNS, REQUIRED_COLUMNS
+
+#: The site's ID column becomes ``subject_key``; the others are the contract's.
+CANONICAL_REQUIRED = ("subject_id", *(c for c in REQUIRED_COLUMNS if c != "subject_key"))
+CANONICAL_OPTIONAL = tuple(c for c in PHENOTYPE_COLUMNS if c not in REQUIRED_COLUMNS)
 
 
 class ConfigError(ValueError):
@@ -77,10 +80,25 @@ class MotionConfig(_Model):
 
 
 class QCConfig(_Model):
+    """Exclusion rules; the age window and FD limit must lie inside the contract's ranges."""
+
     max_mean_fd: float = 0.2
     min_volumes: int = 50
     age_min: float = 5.0
     age_max: float = 100.0
+
+    @model_validator(mode="after")
+    def _inside_contract(self) -> QCConfig:
+        low, high = PHENOTYPE_COLUMNS["age"].plausible
+        if not low <= self.age_min <= self.age_max <= high:
+            raise ValueError(
+                f"need {low:g} <= age_min <= age_max <= {high:g} (the contract's plausible "
+                f"age range), got [{self.age_min:g}, {self.age_max:g}]"
+            )
+        fd_low, fd_high = PHENOTYPE_COLUMNS["mean_fd"].plausible
+        if not fd_low < self.max_mean_fd <= fd_high:
+            raise ValueError(f"max_mean_fd must lie in ({fd_low:g}, {fd_high:g}] mm")
+        return self
 
 
 class MapConfig(_Model):
@@ -92,7 +110,7 @@ class MapConfig(_Model):
 
 
 class SiteConfig(_Model):
-    site_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    site_id: str = Field(pattern=NAME_PATTERN)
     base_dir: Path = Path(".")
     keys: KeysConfig = Field(default_factory=KeysConfig)
     phenotypes: PhenotypeConfig

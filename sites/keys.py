@@ -27,7 +27,7 @@ class KeyFileError(ValueError):
 
 def write_private_file(path: Path, data: bytes) -> Path:
     """Create ``path`` with mode 0600 (refusing to overwrite) and write ``data``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:

@@ -7,7 +7,9 @@ Values are compared as text, and integral numbers are written without a
 decimal part, so a code ``1`` matches ``1``, ``1.0`` and ``"1"``.
 
 Only canonical columns and explicitly allow-listed extra columns leave the
-site; an allow-listed column holding dates or free text is refused.
+site; an allow-listed column holding dates or free text is refused. The
+column types, codes and plausible ranges are those of :mod:`sites.contract`,
+which the coordinator applies again at ingest.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import numpy as np
 import pandas as pd
 
 from sites.config import PhenotypeConfig
+from sites.contract import PHENOTYPE_COLUMNS, ContractError, check_extra_column
+from sites.qc import Reason
 
-NUMERIC = ("age", "mean_fd", "education_years", "hamd")
-CODED = {"sex": ("M", "F"), "episode": ("first", "recurrent"), "medication": ("naive", "treated")}
-MAX_CATEGORIES = 12
-MAX_CATEGORY_LENGTH = 24
+NUMERIC = tuple(n for n, c in PHENOTYPE_COLUMNS.items() if c.kind == "number")
+CODED = {n: c.codes for n, c in PHENOTYPE_COLUMNS.items() if c.kind == "code"}
 
 
 class PhenotypeError(ValueError):
@@ -40,12 +42,13 @@ class Phenotypes:
         Index ``subject_id`` (the site's own identifiers), canonical columns
         and allow-listed extras.
     problems : dict
-        subject_id -> list of reasons (unknown codes, missing values); quality
-        control turns these into recorded exclusions.
+        subject_id -> list of :class:`sites.qc.Reason` (unknown codes, missing
+        or implausible values); quality control turns these into recorded
+        exclusions.
     """
 
     table: pd.DataFrame
-    problems: dict[str, list[str]] = field(default_factory=dict)
+    problems: dict[str, list[Reason]] = field(default_factory=dict)
 
 
 def read_table(path: str | Path, sheet: str | None = None) -> pd.DataFrame:
@@ -107,9 +110,9 @@ def load_phenotypes(config: PhenotypeConfig, path: Path) -> Phenotypes:
             f"'{target['subject_id']}'"
         )
     out = pd.DataFrame(index=pd.Index(ids.to_numpy(dtype=str), name="subject_id"))
-    problems: dict[str, list[str]] = {}
+    problems: dict[str, list[Reason]] = {}
 
-    def note(subject: str, reason: str) -> None:
+    def note(subject: str, reason: Reason) -> None:
         problems.setdefault(subject, []).append(reason)
 
     for canonical, source in target.items():
@@ -128,51 +131,61 @@ def load_phenotypes(config: PhenotypeConfig, path: Path) -> Phenotypes:
 
 
 def _numeric(column, subjects, source, canonical, note) -> np.ndarray:
+    spec = PHENOTYPE_COLUMNS[canonical]
     values = np.full(len(column), np.nan)
     for i, (subject, value) in enumerate(zip(subjects, column, strict=True)):
         code = _as_code(value)
         if code is None:
-            if canonical == "age":
-                note(subject, f"{canonical}: missing value in '{source}'")
+            if spec.required:
+                note(subject, Reason("missing_value", canonical, detail=f"empty '{source}'"))
             continue
         try:
             values[i] = float(code)
         except ValueError:
-            note(subject, f"{canonical}: '{code}' in '{source}' is not a number")
+            text = f"{canonical}: {code!r} in '{source}' is not a number"
+            note(subject, Reason("not_a_number", canonical, detail=text))
+            continue
+        _plausible(subject, values[i], canonical, source, note)
     return values
+
+
+def _plausible(subject: str, value: float, canonical: str, source: str, note) -> None:
+    low, high = PHENOTYPE_COLUMNS[canonical].plausible
+    if not low <= value <= high:
+        bound = low if value < low else high
+        text = f"{canonical}: {value:g} in '{source}' outside the plausible [{low:g}, {high:g}]"
+        note(subject, Reason("implausible_value", canonical, float(value), bound, text))
 
 
 def _coded(column, subjects, source, canonical, config: PhenotypeConfig, note) -> list:
     mapping = {str(k): v for k, v in config.values.get(canonical, {}).items()}
     allowed = CODED.get(canonical)
     if canonical == "dx":
-        allowed = tuple(dict.fromkeys(mapping.values())) or None
+        allowed = (config.dx_case, config.dx_control)
     out: list[str | None] = []
     for subject, value in zip(subjects, column, strict=True):
         code = _as_code(value)
         label = mapping.get(code, code) if code is not None else None
         if label is None:
-            if canonical in ("dx", "sex"):
-                note(subject, f"{canonical}: missing value in '{source}'")
-        elif allowed is not None and label not in allowed:
-            note(subject, f"{canonical}: code '{code}' in '{source}' not in {list(allowed)}")
+            if PHENOTYPE_COLUMNS[canonical].required:
+                note(subject, Reason("missing_value", canonical, detail=f"empty '{source}'"))
+        elif label not in allowed:
+            text = f"{canonical}: code {code!r} in '{source}' not in {list(allowed)}"
+            note(subject, Reason("unknown_code", canonical, detail=text))
             label = None
         out.append(label)
     return out
 
 
-def _allowed_extra(series: pd.Series, path: Path, name: str) -> pd.Series:
+def _allowed_extra(series: pd.Series, path: Path, name: str) -> np.ndarray:
+    """The allow-listed column as numbers or stripped codes, checked by the contract."""
     present = series.dropna().astype(str).str.strip()
-    numeric = pd.to_numeric(present, errors="coerce")
-    if numeric.notna().all():
-        return pd.to_numeric(series, errors="coerce").astype(float).to_numpy()
-    looks_like_date = pd.to_datetime(present, errors="coerce", format="mixed").notna().mean()
-    if looks_like_date > 0.5:
-        raise PhenotypeError(f"{path}: column '{name}' holds dates; dates may not leave the site")
-    if present.nunique() > MAX_CATEGORIES or present.str.len().max() > MAX_CATEGORY_LENGTH:
-        raise PhenotypeError(
-            f"{path}: column '{name}' looks like free text (more than {MAX_CATEGORIES} "
-            f"distinct values or values longer than {MAX_CATEGORY_LENGTH} characters); "
-            "free text may not leave the site"
-        )
-    return series.to_numpy()
+    if pd.to_numeric(present, errors="coerce").notna().all():
+        values = pd.to_numeric(series, errors="coerce").astype(float)
+    else:
+        values = series.where(series.isna(), series.astype(str).str.strip())
+    try:
+        check_extra_column(values, name, where=str(path))
+    except ContractError as exc:
+        raise PhenotypeError(str(exc)) from exc
+    return values.to_numpy()

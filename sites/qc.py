@@ -1,8 +1,12 @@
-"""Quality control with recorded reasons.
+"""Quality control with structured, identity-free reasons.
 
-Every subject of the phenotype table ends up in the bundle's QC report,
-included or excluded with the reasons found. Rules (defaults in
-:class:`sites.config.QCConfig`):
+Every subject of the phenotype table ends up in the bundle's QC tables,
+included or excluded with the reasons found. A reason is a code of
+:data:`sites.contract.QC_CODES` with a field (a phenotype column, an atlas or
+a map metric), a number and a threshold; its ``detail`` (file paths, the
+site's subject IDs, the offending text) is written only to the local QC log
+next to the bundle (:func:`write_local_log`) and never into the bundle.
+Rules (defaults in :class:`sites.config.QCConfig`):
 
 - head motion: mean framewise displacement above ``max_mean_fd`` (0.2 mm, the
   REST-meta-MDD threshold [1]_) or unknown;
@@ -10,8 +14,9 @@ included or excluded with the reasons found. Rules (defaults in
 - coverage: an ROI whose signal is constant (zero variance, e.g. outside the
   field of view) or missing;
 - non-finite values (NaN, inf) in the time series;
-- implausible phenotypes: age outside ``[age_min, age_max]``, unknown or
-  missing sex or diagnosis codes (from :mod:`sites.phenotypes`).
+- implausible phenotypes: age outside ``[age_min, age_max]``, values outside
+  the contract's plausible range, unknown or missing sex or diagnosis codes
+  (from :mod:`sites.phenotypes`).
 
 References
 ----------
@@ -20,69 +25,160 @@ References
 
 from __future__ import annotations
 
+import os
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sites.atlas import Atlas
 from sites.config import QCConfig
+from sites.contract import QC_CODES, QC_REASON_COLUMNS, empty_qc_reasons, join_codes
 
 
-def _roi_list(atlas: Atlas, mask: np.ndarray, limit: int = 5) -> str:
-    names = [atlas.labels[i] for i in np.flatnonzero(mask)]
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
+@dataclass(frozen=True)
+class Reason:
+    """One exclusion reason of one subject.
+
+    Attributes
+    ----------
+    code : str
+        A code of :data:`sites.contract.QC_CODES`.
+    field : str
+        The phenotype column, atlas or map metric concerned.
+    value, threshold : float
+        The offending number (or ROI index, 1-based) and the rule's bound; NaN
+        when the code has none.
+    detail : str
+        Human-readable text with paths and source values: local log only.
+    """
+
+    code: str
+    field: str
+    value: float = float("nan")
+    threshold: float = float("nan")
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.code not in QC_CODES:
+            raise ValueError(f"unknown QC code {self.code!r}")
 
 
-def timeseries_problems(ts: np.ndarray, atlas: Atlas, rules: QCConfig, source: str) -> list[str]:
+def _roi_reasons(code: str, atlas: Atlas, mask: np.ndarray, source: str, what: str) -> list:
+    return [
+        Reason(code, atlas.name, float(i + 1), detail=f"{what} ({atlas.labels[i]}; {source})")
+        for i in np.flatnonzero(mask)
+    ]
+
+
+def timeseries_problems(ts: np.ndarray, atlas: Atlas, rules: QCConfig, source: str) -> list[Reason]:
     """Reasons to exclude one subject's ROI time series (empty when fine).
 
-    ``source`` names the file, so that the reason says where the problem is.
+    ``source`` names the file; it goes into the local detail only.
     """
     reasons = []
     if ts.shape[0] < rules.min_volumes:
         reasons.append(
-            f"too few volumes: {ts.shape[0]} < {rules.min_volumes} ({atlas.name}, {source})"
+            Reason(
+                "too_few_volumes",
+                atlas.name,
+                float(ts.shape[0]),
+                float(rules.min_volumes),
+                f"too few volumes: {ts.shape[0]} < {rules.min_volumes} ({atlas.name}, {source})",
+            )
         )
     finite = np.isfinite(ts)
     bad = ~finite.all(axis=0)
-    if bad.any():
-        reasons.append(
-            f"non-finite values in {bad.sum()} ROI(s) of {atlas.name} "
-            f"({_roi_list(atlas, bad)}; {source})"
-        )
+    reasons += _roi_reasons("non_finite", atlas, bad, source, "non-finite values in ROI")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
         flat = np.nanstd(np.where(finite, ts, np.nan), axis=0) == 0
     flat &= ~bad
-    if flat.any():
+    reasons += _roi_reasons("zero_variance_roi", atlas, flat, source, "zero variance in ROI")
+    return reasons
+
+
+def phenotype_problems(age: float, mean_fd: float, rules: QCConfig, need_fd: bool) -> list[Reason]:
+    """Reasons from age and head motion."""
+    reasons = []
+    if np.isfinite(age) and not rules.age_min <= age <= rules.age_max:
+        bound = rules.age_min if age < rules.age_min else rules.age_max
+        text = f"age {age:g} outside [{rules.age_min:g}, {rules.age_max:g}]"
+        reasons.append(Reason("age_out_of_range", "age", float(age), float(bound), text))
+    if need_fd and not np.isfinite(mean_fd):
+        reasons.append(Reason("motion_missing", "mean_fd", detail="mean_fd: missing"))
+    elif np.isfinite(mean_fd) and mean_fd > rules.max_mean_fd:
+        text = f"head motion: mean FD {mean_fd:.3f} mm > {rules.max_mean_fd:g} mm"
         reasons.append(
-            f"coverage: {flat.sum()} ROI(s) of {atlas.name} with zero variance "
-            f"({_roi_list(atlas, flat)}; {source})"
+            Reason("head_motion", "mean_fd", float(mean_fd), float(rules.max_mean_fd), text)
         )
     return reasons
 
 
-def phenotype_problems(age: float, mean_fd: float, rules: QCConfig, need_fd: bool) -> list[str]:
-    """Reasons from age and head motion."""
-    reasons = []
-    if np.isfinite(age) and not rules.age_min <= age <= rules.age_max:
-        reasons.append(f"age: {age:g} outside [{rules.age_min:g}, {rules.age_max:g}]")
-    if need_fd and not np.isfinite(mean_fd):
-        reasons.append("mean_fd: missing")
-    elif np.isfinite(mean_fd) and mean_fd > rules.max_mean_fd:
-        reasons.append(f"head motion: mean FD {mean_fd:.3f} mm > {rules.max_mean_fd:g} mm")
-    return reasons
+def qc_tables(
+    keys: list[str], reasons: list[list[Reason]], mean_fd: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The bundle's QC tables: one row per subject, and one row per reason.
 
-
-def qc_table(keys: list[str], reasons: list[list[str]], mean_fd: np.ndarray) -> pd.DataFrame:
-    """The QC report: one row per subject of the phenotype table."""
-    return pd.DataFrame(
+    Returns
+    -------
+    qc : DataFrame
+        ``subject_key``, ``included``, ``reason_codes``, ``mean_fd``.
+    qc_reasons : DataFrame
+        ``subject_key``, ``code``, ``field``, ``value``, ``threshold`` (no detail).
+    """
+    qc = pd.DataFrame(
         {
             "subject_key": keys,
             "included": [not r for r in reasons],
-            "reason": ["; ".join(r) for r in reasons],
+            "reason_codes": [join_codes(x.code for x in r) for r in reasons],
             "mean_fd": np.asarray(mean_fd, dtype=float),
         }
     )
+    rows = [
+        (key, x.code, x.field, float(x.value), float(x.threshold))
+        for key, subject in zip(keys, reasons, strict=True)
+        for x in subject
+    ]
+    if not rows:
+        return qc, empty_qc_reasons()
+    table = pd.DataFrame(rows, columns=list(QC_REASON_COLUMNS))
+    return qc, table.astype({"value": float, "threshold": float})
+
+
+def local_log_path(bundle_dir: str | Path) -> Path:
+    """Where the local QC log of ``bundle_dir`` goes: a sibling, never inside it."""
+    bundle_dir = Path(bundle_dir)
+    return bundle_dir.parent / f"{bundle_dir.name}.qc-local.csv"
+
+
+def write_local_log(
+    path: Path, ids: list[str], keys: list[str], reasons: list[list[Reason]]
+) -> Path:
+    """Write the site-only QC log (subject IDs, paths, details), mode 0600.
+
+    One row per reason, and one row with an empty code per included subject.
+    """
+    rows = []
+    for subject, key, found in zip(ids, keys, reasons, strict=True):
+        for x in found or [None]:
+            rows.append(
+                {
+                    "subject_id": subject,
+                    "subject_key": key,
+                    "included": not found,
+                    "code": x.code if x else "",
+                    "field": x.field if x else "",
+                    "value": x.value if x else np.nan,
+                    "threshold": x.threshold if x else np.nan,
+                    "detail": x.detail if x else "",
+                }
+            )
+    tmp = path.parent / f".{path.name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", newline="") as handle:
+        pd.DataFrame(rows).to_csv(handle, index=False)
+    os.replace(tmp, path)
+    return path

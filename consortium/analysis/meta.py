@@ -1,7 +1,8 @@
 """Site-level random-effects meta-analysis (the REST-meta-MDD confirmation analysis).
 
-Per site, an OLS model with the mixed model's covariates gives the t of diagnosis,
-converted to Hedges' g with the exact small-sample factor and metafor's unbiased
+Per site, an OLS model with the mixed model's covariates (those constant at a site
+dropped there) on the unharmonized outcome gives the t of diagnosis, converted to
+Hedges' g with the exact small-sample factor and metafor's unbiased
 sampling variance (``vtype="UB"``); the site effects are pooled with a
 random-effects model estimated by REML, DerSimonian-Laird or Paule-Mandel, with a
 z test or the Knapp-Hartung t test, a Q-profile confidence interval for tau^2 and
@@ -11,6 +12,8 @@ References
 ----------
 Hedges LV (1981). Distribution theory for Glass's estimator of effect size and
 related estimators. J Educ Stat 6:107-128.
+Borenstein M, Hedges LV, Higgins JPT, Rothstein HR (2009). Introduction to
+Meta-Analysis. Wiley.
 Viechtbauer W (2010). Conducting meta-analyses in R with the metafor package.
 J Stat Softw 36(3).
 Viechtbauer W (2007). Confidence intervals for the amount of heterogeneity in
@@ -34,6 +37,7 @@ __all__ = [
     "hedges_g_from_t",
     "hedges_j",
     "leave_one_out",
+    "ols_t",
     "random_effects",
     "site_effects",
 ]
@@ -302,6 +306,74 @@ def leave_one_out(
     return pd.DataFrame(rows)
 
 
+def _usable_covariates(
+    block: pd.DataFrame, covariates: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """Covariates of one site's model, and those dropped there with the reason.
+
+    A covariate constant at the site (e.g. sex at a single-sex site) is absorbed by the
+    intercept; one that is a linear combination of the intercept and the covariates
+    kept before it (e.g. dummies of a factor whose reference level is absent at the
+    site) adds nothing. Dropping either leaves the column space, and so the t of
+    diagnosis, unchanged.
+    """
+    kept: list[str] = []
+    dropped: list[str] = []
+    base = np.ones((len(block), 1))
+    for name in covariates:
+        x = block[name].to_numpy(dtype=float)
+        if np.ptp(x) == 0:
+            dropped.append(f"{name} (constant)")
+            continue
+        candidate = np.column_stack([base, x])
+        if np.linalg.matrix_rank(candidate) < candidate.shape[1]:
+            dropped.append(f"{name} (collinear)")
+            continue
+        base = candidate
+        kept.append(name)
+    return kept, dropped
+
+
+def ols_t(X: np.ndarray, y: np.ndarray, column: int) -> float:
+    """OLS t statistic of one coefficient, by QR decomposition of a full-rank design.
+
+    beta = R^-1 Q'y, se_j^2 = s^2 [(X'X)^-1]_jj = s^2 ||row j of R^-1||^2,
+    s^2 = RSS / (n - p).
+    """
+    q, r = np.linalg.qr(X)
+    beta = np.linalg.solve(r, q.T @ y)
+    resid = y - X @ beta
+    sigma2 = resid @ resid / (len(y) - X.shape[1])
+    r_inv = np.linalg.solve(r, np.eye(r.shape[0]))
+    return float(beta[column] / np.sqrt(sigma2 * (r_inv[column] @ r_inv[column])))
+
+
+def _one_site(block: pd.DataFrame, outcome: str, dx: str, covariates: Sequence[str]) -> dict:
+    """t, df, g and vi of one site with enough subjects per group (see site_effects)."""
+    d = block[dx].to_numpy(dtype=float)
+    y = block[outcome].to_numpy(dtype=float)
+    values = block[list(covariates)].to_numpy(dtype=float)
+    if not np.isfinite(values).all() or not np.isfinite(y).all() or not np.isfinite(d).all():
+        raise ValueError(f"missing values in {outcome!r}, {dx!r} or covariates")
+    kept, dropped = _usable_covariates(block, covariates)
+    row = {"covariates": ", ".join(kept), "covariates_dropped": ", ".join(dropped)}
+    X = np.column_stack([np.ones(len(block)), d] + [block[c].to_numpy(float) for c in kept])
+    if len(y) - X.shape[1] < 1:
+        return {**row, "reason": "fewer subjects than model terms at this site"}
+    if np.linalg.matrix_rank(X) < X.shape[1]:
+        return {**row, "reason": "diagnosis is collinear with the covariates at this site"}
+    t = ols_t(X, y, 1)
+    g, v = hedges_g_from_t(t, int(np.sum(d > 0)), int(np.sum(d <= 0)))
+    return {
+        **row,
+        "t": t,
+        "df": len(y) - X.shape[1],
+        "yi": float(g),
+        "vi": float(v),
+        "included": True,
+    }
+
+
 def site_effects(
     data: pd.DataFrame,
     outcome: str,
@@ -311,6 +383,13 @@ def site_effects(
     min_per_group: int = 10,
 ) -> pd.DataFrame:
     """Per-site OLS t of diagnosis and the corresponding Hedges' g.
+
+    Each site is fitted on its own, ``outcome ~ 1 + dx + covariates`` by OLS, so its t
+    is invariant to any location and scale of the outcome at that site: the outcome
+    needs no harmonization across sites (and should not have one that borrows
+    strength across sites, such as ComBat). The t of ``dx`` becomes Hedges' g and its
+    unbiased variance by :func:`hedges_g_from_t`. This one function serves the
+    coordinator's site meta-analysis and the remote ``meta_analysis``.
 
     Parameters
     ----------
@@ -324,7 +403,17 @@ def site_effects(
     Returns
     -------
     DataFrame
-        One row per site: ``site, n_case, n_control, t, df, yi, vi, included, reason``.
+        One row per site: ``site, n_case, n_control, t, df, yi, vi, included, reason,
+        covariates, covariates_dropped``. Covariates constant at a site, or collinear
+        with the intercept and earlier covariates there, are left out of that site's
+        model and listed in ``covariates_dropped`` (``"sex (constant)"``); a site
+        where diagnosis is collinear with its covariates is excluded.
+
+    References
+    ----------
+    Hedges LV (1981). J Educ Stat 6:107-128.
+    Borenstein M, Hedges LV, Higgins JPT, Rothstein HR (2009). Introduction to
+    Meta-Analysis. Wiley, ch. 4.
     """
     for col in (outcome, dx, site, *covariates):
         if col not in data.columns:
@@ -335,40 +424,16 @@ def site_effects(
     rows = []
     for label, block in data.groupby(site, sort=True):
         d = block[dx].to_numpy(dtype=float)
-        n1 = int(np.sum(d > 0))
-        n2 = int(np.sum(d <= 0))
-        row = {
-            "site": label,
-            "n_case": n1,
-            "n_control": n2,
-            "t": np.nan,
-            "df": np.nan,
-            "yi": np.nan,
-            "vi": np.nan,
-            "included": False,
-            "reason": "",
-        }
+        n1, n2 = int(np.sum(d > 0)), int(np.sum(d <= 0))
+        row = {"site": label, "n_case": n1, "n_control": n2, "t": np.nan, "df": np.nan,
+               "yi": np.nan, "vi": np.nan, "included": False, "reason": "",
+               "covariates": "", "covariates_dropped": ""}  # fmt: skip
         if min(n1, n2) < min_per_group:
             row["reason"] = f"fewer than {min_per_group} per group (cases {n1}, controls {n2})"
-            rows.append(row)
-            continue
-        X = np.column_stack(
-            [np.ones(len(block)), d] + [block[c].to_numpy(float) for c in covariates]
-        )
-        y = block[outcome].to_numpy(dtype=float)
-        if not np.isfinite(X).all() or not np.isfinite(y).all():
-            raise ValueError(f"site {label!r}: missing values in {outcome!r}, {dx!r} or covariates")
-        dof = len(y) - X.shape[1]
-        if np.linalg.matrix_rank(X) < X.shape[1] or dof < 1:
-            row["reason"] = "design rank deficient at this site"
-            rows.append(row)
-            continue
-        beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-        resid = y - X @ beta
-        sigma2 = resid @ resid / dof
-        cov = sigma2 * np.linalg.inv(X.T @ X)
-        t = beta[1] / np.sqrt(cov[1, 1])
-        g, v = hedges_g_from_t(t, n1, n2)
-        row.update(t=float(t), df=dof, yi=float(g), vi=float(v), included=True)
+        else:
+            try:
+                row.update(_one_site(block, outcome, dx, covariates))
+            except ValueError as exc:
+                raise ValueError(f"site {label!r}: {exc}") from exc
         rows.append(row)
     return pd.DataFrame(rows)

@@ -8,7 +8,8 @@ minimum group size) and one output layout:
     The REST-meta-MDD model of Yan et al. (2019) on mean DMN functional
     connectivity, ``y ~ Dx + Age + Sex + Edu + Motion + (1|Site) + (0 + Dx|Site)``
     by maximum likelihood, without and (``harmonize="combat"``) with ComBat,
-    plus the site-level meta-analysis, its forest plot and leave-one-site-out table.
+    plus the site-level meta-analysis (always on the unharmonized outcome), its
+    forest plot and leave-one-site-out table.
 ``networks``
     The same model for every within- and between-network mean.
 ``edges``
@@ -258,26 +259,52 @@ def _sample_table(
     return pd.DataFrame.from_records(records)
 
 
+QC_SUMMARY_COLUMNS = ("site", "code", "field", "meaning", "n", "values", "threshold")
+
+
+def _format_numbers(values: pd.Series, roi: bool) -> str:
+    present = np.unique(values.dropna().to_numpy(dtype=float))
+    if present.size == 0:
+        return ""
+    if roi:
+        shown = ", ".join(f"{v:g}" for v in present[:6])
+        return f"ROI {shown}" + (f" (+{present.size - 6} more)" if present.size > 6 else "")
+    if present.size == 1:
+        return f"{present[0]:.4g}"
+    return f"{present[0]:.4g} to {present[-1]:.4g}"
+
+
 def _qc_table(dataset: Any) -> pd.DataFrame:
-    """Subjects excluded by the sites' QC, counted by site and reason."""
-    qc = dataset.qc
-    excluded = qc.loc[~qc["included"].astype(bool)]
-    if excluded.empty:
+    """Sites' QC exclusion reasons, counted by site, code and field.
+
+    Rendered from the structured reasons (:data:`sites.contract.QC_CODES`):
+    ``meaning`` is the code's text, ``n`` the number of subjects with the
+    reason, ``values`` the range of offending values (or the ROI indices) and
+    ``threshold`` the rule's bound(s). A subject with several reasons counts
+    once per reason.
+    """
+    from sites.contract import QC_CODES
+
+    reasons = getattr(dataset, "qc_reasons", None)
+    if reasons is None or reasons.empty:
         return pd.DataFrame(
+            {c: pd.Series(dtype="int64" if c == "n" else str) for c in QC_SUMMARY_COLUMNS}
+        )
+    records = []
+    for (site, code, name), rows in reasons.groupby(["site", "code", "field"], sort=True):
+        spec = QC_CODES.get(code)
+        records.append(
             {
-                "site": pd.Series(dtype=str),
-                "reason": pd.Series(dtype=str),
-                "n": pd.Series(dtype="int64"),
+                "site": site,
+                "code": code,
+                "field": name,
+                "meaning": spec.text if spec else "unknown code",
+                "n": int(rows["subject_key"].nunique()),
+                "values": _format_numbers(rows["value"], spec is not None and "ROI" in spec.value),
+                "threshold": _format_numbers(rows["threshold"], False),
             }
         )
-    table = (
-        excluded.assign(reason=excluded["reason"].fillna("unspecified").astype(str))
-        .groupby(["site", "reason"], sort=True)
-        .size()
-        .rename("n")
-        .reset_index()
-    )
-    return table
+    return pd.DataFrame.from_records(records, columns=list(QC_SUMMARY_COLUMNS))
 
 
 # ------------------------------------------------------------------- outcomes
@@ -424,8 +451,36 @@ def _fit_dmn(dataset: Any, y: np.ndarray, design: Design, contrast: str) -> dict
     }
 
 
+META_HARMONIZATION_NOTE = (
+    "The site meta-analysis uses the unharmonized outcome: each site's OLS t is invariant "
+    "to that site's own location and scale, so per-site estimates need no harmonization, "
+    "and ComBat (which adjusts each site towards the pooled covariate effects) would shrink "
+    "the between-site heterogeneity the meta-analysis is meant to show."
+)
+
+
+def _dropped_notes(per_site: pd.DataFrame) -> list[str]:
+    """One note per site whose model left out covariates (constant or collinear there)."""
+    return [
+        f"site {row.site}: covariates left out of this site's model: {row.covariates_dropped}"
+        for row in per_site.itertuples(index=False)
+        if row.covariates_dropped
+    ]
+
+
 def _meta_analysis(y: np.ndarray, design: Design, min_per_group: int, out: Path) -> dict[str, Any]:
-    """Per-site OLS t for Dx -> Hedges' g -> random-effects pooling, forest plot, LOSO."""
+    """Per-site OLS t for Dx -> Hedges' g -> random-effects pooling, forest plot, LOSO.
+
+    ``y`` must be the unharmonized outcome (see :data:`META_HARMONIZATION_NOTE`); each
+    site's model has the design's covariates except those constant at that site
+    (:func:`consortium.analysis.meta.site_effects`).
+
+    References
+    ----------
+    Hedges LV (1981). J Educ Stat 6:107-128.
+    Borenstein M, Hedges LV, Higgins JPT, Rothstein HR (2009). Introduction to
+    Meta-Analysis. Wiley.
+    """
     from consortium.analysis.meta import leave_one_out, random_effects, site_effects
 
     data = design.data.assign(y=np.asarray(y, dtype=float))
@@ -437,6 +492,10 @@ def _meta_analysis(y: np.ndarray, design: Design, min_per_group: int, out: Path)
     per_site.to_parquet(out / "site_effects.parquet", index=False)
     result = {
         "method": "REML",
+        "outcome_harmonization": "none",
+        "outcome_harmonization_reason": META_HARMONIZATION_NOTE,
+        "covariates": list(design.covariates),
+        "notes": _dropped_notes(per_site),
         "k": len(used),
         "estimate": float(pooled.estimate),
         "se": float(pooled.se),
@@ -722,7 +781,7 @@ def _run_dmn(dataset, design, params, out, steps) -> dict[str, Any]:
     primary = params["harmonize"]
     with steps("site meta-analysis"):
         meta = _meta_analysis(
-            summaries[primary]["dmn_restmeta"].to_numpy(), design, params["min_per_group"], out
+            summaries["none"]["dmn_restmeta"].to_numpy(), design, params["min_per_group"], out
         )
     figures = {"forest": {"png": "forest.png", "svg": "forest.svg"}}
     with steps("DMN glass brain"):
@@ -1134,7 +1193,7 @@ def _write_common(
         },
         "sample": design.sample.to_dict(orient="records"),
         "qc": {
-            "n_excluded": int(qc["n"].sum()) if len(qc) else 0,
+            "n_excluded": int((~dataset.qc["included"].astype(bool)).sum()),
             "n_subjects_total": int(len(dataset.qc)),
             "by_site_reason": qc.to_dict(orient="records"),
         },

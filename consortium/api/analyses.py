@@ -75,6 +75,7 @@ def _job_file(coord: Coordinator, job_id: str) -> Path:
 def _write_state(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(state, indent=2))
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 
@@ -168,7 +169,8 @@ def post_analysis(
             {"job": job_id, **body.model_dump()},
         )
     job_dir = _jobs_dir(coord) / job_id
-    job_dir.mkdir(parents=True)
+    job_dir.mkdir(parents=True, mode=0o700)
+    os.chmod(job_dir.parent, 0o700)
     state = {
         "id": job_id,
         "status": "queued",
@@ -196,7 +198,10 @@ def get_analyses(
 ) -> list[AnalysisOut]:
     folder = _jobs_dir(coord)
     states = [_read_state(p) for p in sorted(folder.glob("*/job.json"))] if folder.is_dir() else []
-    return [_out(coord, s) for s in sorted(states, key=lambda s: s["submitted_at"])]
+    out = [_out(coord, s) for s in sorted(states, key=lambda s: s["submitted_at"])]
+    with coord.db.session() as session:
+        audit.append(session, identity.actor, "analysis.list", "analyses", {"n": len(out)})
+    return out
 
 
 @router.get("/{job_id}", response_model=AnalysisOut, summary="Status and results of a job")
@@ -205,7 +210,10 @@ def get_analysis(
     identity: Identity = Depends(committee),
     coord: Coordinator = Depends(get_coordinator),
 ) -> AnalysisOut:
-    return _out(coord, _read_state(_job_file(coord, job_id)))
+    out = _out(coord, _read_state(_job_file(coord, job_id)))
+    with coord.db.session() as session:
+        audit.append(session, identity.actor, "analysis.read", f"analysis:{job_id}", {})
+    return out
 
 
 @router.get(

@@ -7,8 +7,10 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from consortium.api.guard import ANONYMOUS, Guard, audit_denial
 from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
 from consortium.settings import Settings
@@ -32,12 +34,28 @@ _HTTP_CODES = {
     409: "conflict",
     413: "payload_too_large",
     422: "invalid",
+    429: "too_many_requests",
 }
+# served without a token (the guard lets them through unauthenticated)
+PUBLIC_PATHS = (
+    f"{API_PREFIX}/health",
+    f"{API_PREFIX}/register",
+    f"{API_PREFIX}/openapi.json",
+    f"{API_PREFIX}/docs",
+    "/docs/oauth2-redirect",
+)
+# routes that stream their own body with their own size limit
+STREAMED_ROUTES = (("POST", f"{API_PREFIX}/submissions"),)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConfedError)
-    async def _confed(_req: Request, exc: ConfedError) -> JSONResponse:
+    async def _confed(req: Request, exc: ConfedError) -> JSONResponse:
+        if exc.status in (401, 403):
+            identity = getattr(req.state, "identity", None)
+            actor = identity.actor if identity is not None else ANONYMOUS
+            coord = req.app.state.coordinator
+            await run_in_threadpool(audit_denial, coord, actor, req.scope, exc.status, exc.message)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(error_body(exc.code, exc.message), exc.status, headers=headers)
 
@@ -106,6 +124,7 @@ def _bare_app() -> FastAPI:
         redoc_url=None,
     )
     _install_error_handlers(app)
+    app.add_middleware(Guard, public=PUBLIC_PATHS, streamed=STREAMED_ROUTES)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     return app

@@ -19,13 +19,19 @@ def get_coordinator(request: Request) -> Coordinator:
 
 
 def get_identity(
+    request: Request,
     creds: HTTPAuthorizationCredentials | None = Depends(_bearer),
     coord: Coordinator = Depends(get_coordinator),
 ) -> Identity:
+    checked = getattr(request.state, "identity", None)  # by the guard, before the body
+    if checked is not None:
+        return checked
     if creds is None or creds.scheme.lower() != "bearer":
         raise ConfedError("unauthorized", "missing bearer token", 401)
     with coord.db.session() as session:
-        return authenticate(session, creds.credentials)
+        identity = authenticate(session, creds.credentials)
+    request.state.identity = identity
+    return identity
 
 
 def require_roles(*roles: str) -> Callable[..., Identity]:

@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Path, Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from sites.contract import check_name
+from sites.receipts import Receipt
+
+#: Largest integer id a path or query accepts (a signed 64-bit integer, as in the database).
+MAX_ID = 2**63 - 1
+#: An integer id in a path: 422 outside 1..MAX_ID, never a database overflow.
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="integer id")]
+#: A sequence number in a query (``?after=``).
+SeqQuery = Annotated[int, Query(ge=0, le=MAX_ID, description="sequence number")]
+#: Longest token label (the database column).
+LABEL_MAX = 256
+
+
+def contract_name(what: str) -> AfterValidator:
+    """Validate a name with the site-coordinator contract's rule (:func:`check_name`)."""
+    return AfterValidator(lambda value: check_name(value, what))
+
+
+SiteId = Annotated[str, contract_name("site id")]
+ReleaseName = Annotated[str, contract_name("release name")]
 
 
 class _Out(BaseModel):
@@ -21,10 +43,20 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class UploadRejected(ErrorResponse):
+    receipt: Receipt | None = Field(
+        None, description="signed receipt of the audit entry recording the refusal"
+    )
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
     database: str = Field(description="database backend: sqlite or postgresql")
+    disk: Literal["ok", "low"] = Field(
+        "ok", description="'low' when the data root has less free space than configured"
+    )
+    disk_free_bytes: int = Field(0, description="free bytes of the data root's file system")
 
 
 class IdentityOut(BaseModel):
@@ -35,8 +67,8 @@ class IdentityOut(BaseModel):
 
 class TokenCreate(BaseModel):
     role: Literal["admin", "steering", "site", "researcher"]
-    site_id: str | None = None
-    label: str = ""
+    site_id: SiteId | None = None
+    label: str = Field("", max_length=LABEL_MAX)
     days: int = Field(365, gt=0, le=3650, description="lifetime in days")
 
 
@@ -56,7 +88,7 @@ class TokenIssued(BaseModel):
 
 
 class SiteCreate(BaseModel):
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    id: SiteId
     name: str = Field(min_length=1, max_length=256)
     public_key_pem: str = Field(description="the site's Ed25519 public key, PEM")
 
@@ -99,6 +131,9 @@ class SubmissionDetail(SubmissionOut):
 class UploadResult(BaseModel):
     created: bool = Field(description="false when the same bundle had been accepted before")
     submission: SubmissionOut
+    receipt: Receipt | None = Field(
+        None, description="signed receipt of the audit entry recording this upload; keep it"
+    )
 
 
 class UploadOut(_Out):
@@ -121,8 +156,8 @@ class SiteStatus(BaseModel):
 
 
 class ReleaseCreate(BaseModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-    sites: list[str] | None = Field(None, description="default: every site with a submission")
+    name: ReleaseName
+    sites: list[SiteId] | None = Field(None, description="default: every site with a submission")
     exclude_subjects: list[str] = Field(default_factory=list, description="subject keys to drop")
 
 
@@ -156,6 +191,18 @@ class AuditVerifyOut(BaseModel):
     ok: bool
     n_entries: int
     problems: list[str]
+    n_checkpoints: int = Field(0, description="signed checkpoints the database was checked against")
+
+
+class AuditKeyOut(BaseModel):
+    algorithm: Literal["Ed25519"] = "Ed25519"
+    public_key_pem: str = Field(description="the coordinator's audit signing key (public part)")
+    fingerprint: str = Field(description="SHA-256 (hex) of the raw 32-byte public key")
+
+
+class AuditHashOut(BaseModel):
+    seq: int
+    entry_hash: str = Field(description="the entry's hash as the database holds it now")
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -45,6 +46,26 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(1)
 
 
+@app.callback()
+def _owner_only(ctx: typer.Context) -> None:
+    # database, store, exports and keys: files 0600, folders 0700 whatever the umask
+    previous = os.umask(0o077)
+    ctx.call_on_close(lambda: os.umask(previous))
+
+
+def _validated(model, **fields):
+    """``model(**fields)``, or exit with the API's message for the same invalid field."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        _fail(ConfedError("invalid_request", problems))
+
+
 def _open(root: Path, db: str | None):
     from consortium.coordinator import Coordinator
 
@@ -61,18 +82,28 @@ def init(
     max_upload_mb: int = typer.Option(2048, help="largest accepted upload (MiB)"),
     min_per_group: int = typer.Option(10, help="flag sites with fewer cases or controls"),
     token_days: int = typer.Option(365, help="lifetime of new tokens (days)"),
+    checkpoint_file: Path | None = typer.Option(
+        None,
+        "--checkpoint-file",
+        help="append-only file of signed audit checkpoints "
+        "(default: <root>/audit-checkpoints.jsonl; a WORM or remote mount is better)",
+    ),
 ) -> None:
-    """Create the root and database, and print the first admin token (shown once)."""
+    """Create the root, database and audit signing key; print the first admin token (once)."""
     from consortium import audit
     from consortium.auth import issue_token
     from consortium.coordinator import Coordinator
+    from consortium.receipts import Notary
     from consortium.settings import SETTINGS_FILE, Settings
 
     root = root.resolve()
     if (root / SETTINGS_FILE).exists():
         _fail(ConfedError("exists", f"{root} is already a coordinator root"))
     settings = Settings(root, db, max_upload_mb * 1024**2, min_per_group, token_days)
+    if checkpoint_file is not None:
+        settings.checkpoint_file = str(checkpoint_file.resolve())
     root.mkdir(parents=True, exist_ok=True)
+    Notary.open(root, settings.checkpoint_path)  # the audit signing key (kept if it exists)
     try:
         coord = Coordinator(settings)
     except Exception as err:  # a bad URL or unreachable server: leave no settings behind
@@ -85,6 +116,9 @@ def init(
     typer.echo(f"coordinator root: {root}")
     typer.echo(f"database: {settings.database_url.split('@')[-1]}")
     typer.echo(f"admin token (shown once, store it safely): {plaintext}")
+    typer.echo(f"audit checkpoints: {settings.checkpoint_path}")
+    typer.echo(f"audit signing key fingerprint (publish it to sites): {coord.notary.fingerprint}")
+    typer.echo(coord.notary.public_pem.decode().rstrip())
 
 
 @app.command("serve")
@@ -112,8 +146,10 @@ def site_add(
     db: str | None = DbOpt,
 ) -> None:
     """Register a site and print its API token (shown once)."""
+    from consortium.api.schemas import SiteCreate
     from consortium.registry import add_site
 
+    _validated(SiteCreate, id=site_id, name=name, public_key_pem="")
     try:
         pem = public_key.read_text()
     except OSError as err:
@@ -215,7 +251,10 @@ def token_issue(
 ) -> None:
     """Issue a token and print it once."""
     from consortium import audit
+    from consortium.api.schemas import TokenCreate
     from consortium.auth import issue_token
+
+    _validated(TokenCreate, role=role, site_id=site, label=label, days=days)
 
     coord = _open(root, db)
     try:
@@ -258,13 +297,21 @@ def import_bundle(
     )
 
 
-def _print_release(release) -> None:
-    typer.echo(f"release {release.name}  hash {release.release_hash}")
-    typer.echo(f"  created {release.created_at.isoformat()} by {release.created_by}")
+def _release_lines(release) -> list[str]:
+    lines = [
+        f"release {release.name}  hash {release.release_hash}",
+        f"  created {release.created_at.isoformat()} by {release.created_by}",
+    ]
     for m in release.members:
-        typer.echo(f"  {m.site_id}\tsubmission {m.submission_id}\tbundle {m.bundle_hash}")
+        lines.append(f"  {m.site_id}\tsubmission {m.submission_id}\tbundle {m.bundle_hash}")
     if release.excluded_subjects:
-        typer.echo(f"  {len(release.excluded_subjects)} excluded subject(s)")
+        lines.append(f"  {len(release.excluded_subjects)} excluded subject(s)")
+    return lines
+
+
+def _print_release(release) -> None:
+    for line in _release_lines(release):
+        typer.echo(line)
 
 
 @release_app.command("create")
@@ -286,11 +333,14 @@ def release_create(
         excluded = read_exclusion_file(exclude_subjects) if exclude_subjects else []
         with coord.db.session() as session:
             release = create_release(session, name, _actor(), site_list, excluded)
-            _print_release(release)
+            lines = _release_lines(release)
     except ConfedError as err:
         _fail(err)
     finally:
         coord.close()
+    # only once committed: a closed pipe (`| head -1`) can no longer undo the release
+    for line in lines:
+        typer.echo(line)
 
 
 @release_app.command("list")
@@ -335,18 +385,33 @@ def release_show(
 
 @audit_app.command("verify")
 def audit_verify(root: Path = RootOpt, db: str | None = DbOpt) -> None:
-    """Check the audit log's hash chain; exit 1 on a modified, deleted or reordered entry."""
+    """Check the audit log's hash chain and the signed checkpoints outside the database.
+
+    Exit 1 on a modified, deleted or reordered entry, on a checkpoint line whose
+    signature is invalid, and on a database log that a checkpoint contradicts
+    (rewritten, renumbered or truncated, even with the hashes recomputed).
+    """
     from consortium.audit import verify_chain
+    from consortium.receipts import ADVICE, verify_checkpoints
 
     coord = _open(root, db)
     with coord.db.session() as session:
         report = verify_chain(session)
+        anchored = verify_checkpoints(
+            session, coord.settings.checkpoint_path, coord.notary.public_pem
+        )
     coord.close()
-    for problem in report.problems:
+    for problem in report.problems + anchored.problems:
         typer.echo(f"BROKEN: {problem}", err=True)
-    if not report.ok:
+    if anchored.problems:
+        typer.echo(f"first mismatch: {anchored.problems[0]}", err=True)
+        typer.echo(ADVICE, err=True)
+    if not (report.ok and anchored.ok):
         raise typer.Exit(1)
-    typer.echo(f"audit log intact: {report.n_entries} entries")
+    typer.echo(
+        f"audit log intact: {report.n_entries} entries, consistent with "
+        f"{anchored.n_checkpoints} signed checkpoint(s) in {coord.settings.checkpoint_path}"
+    )
 
 
 @app.command("fsck")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, MetaData
+from sqlalchemy import DateTime, MetaData, select
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -43,3 +44,23 @@ class UTCDateTime(TypeDecorator):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+#: Largest random id: fits the INTEGER primary keys of SQLite and PostgreSQL.
+RANDOM_ID_MAX = 2**31 - 1
+
+
+def random_id(context) -> int:
+    """Column default of ids other parties see: random in [1, 2**31-1], not sequential.
+
+    So an id tells nothing about how many submissions, proposals, tokens... exist or
+    when; a candidate already in the table is drawn again (the primary key catches a
+    concurrent insert of the same one).
+    """
+    column = context.current_column
+    for _ in range(100):
+        candidate = secrets.randbelow(RANDOM_ID_MAX) + 1
+        taken = context.connection.execute(select(column).where(column == candidate)).first()
+        if taken is None:
+            return candidate
+    raise RuntimeError(f"no free random id in {column.table.name} after 100 draws")

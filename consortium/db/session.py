@@ -61,5 +61,9 @@ class Database:
         with self._factory() as session, session.begin():
             yield session
 
+    def listen(self, identifier: str, fn) -> None:
+        """Register a session event (e.g. ``"after_commit"``) on this database's sessions."""
+        event.listen(self._factory, identifier, fn)
+
     def dispose(self) -> None:
         self.engine.dispose()

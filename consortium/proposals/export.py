@@ -121,3 +121,14 @@ def unpack_verified(tar_path: Path, out_dir: Path) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def export_sites(recorded: list[str] | None, tar_path: str | Path) -> list[str]:
+    """The sites an export holds: as recorded, else (older exports) from its manifest."""
+    if recorded is not None:
+        return list(recorded)
+    with tarfile.open(tar_path) as archive:
+        for member in archive.getmembers():
+            if member.isfile() and Path(member.name).name == MANIFEST:
+                return list(json.loads(archive.extractfile(member).read())["sites"])
+    raise ConfedError("bad_archive", f"{tar_path}: no {MANIFEST}", 500)

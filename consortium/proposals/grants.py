@@ -135,3 +135,33 @@ def revoke_grant(session: Session, proposal: Proposal, actor: str) -> Grant:
 def pseudonym(key_hex: str, subject_key: str) -> str:
     """The proposal-specific pseudonym of one subject key."""
     return hmac.new(bytes.fromhex(key_hex), subject_key.encode(), hashlib.sha256).hexdigest()
+
+
+def effective_strata(grant: Grant, age_bands: list[float]) -> dict[str, list]:
+    """The grant's strata: as fixed at activation, else the settings' default age bands."""
+    from consortium.proposals.strata import default_strata
+
+    if grant.strata is not None:
+        return {c: list(v) for c, v in grant.strata.items()}
+    return default_strata(age_bands, grant.columns)
+
+
+def fix_strata(
+    session: Session, proposal: Proposal, spec: dict | None, age_bands: list[float], actor: str
+) -> Grant:
+    """Fix the strata of ``proposal``'s grant at activation (given, or the default); audited."""
+    from consortium.proposals.strata import default_strata, normalize
+
+    grant = grant_of(session, proposal)
+    if spec is None:
+        grant.strata = default_strata(age_bands, grant.columns)
+    else:
+        grant.strata = normalize(spec, grant.columns)
+    audit.append(
+        session,
+        actor,
+        "grant.strata",
+        f"proposal:{proposal.code}",
+        {"grant": grant.id, "strata": grant.strata, "default": spec is None},
+    )
+    return grant

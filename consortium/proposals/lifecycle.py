@@ -76,15 +76,19 @@ def parse_code(code: str | int) -> int:
     """``"P7"``, ``"7"`` or ``7`` -> 7."""
     text = str(code).strip()
     digits = text[1:] if text[:1] in ("P", "p") else text
-    if not digits.isdigit():
-        raise ConfedError("bad_proposal_id", f"proposal id {code!r} is not like P7", 422)
+    if not (digits.isascii() and digits.isdigit()):
+        raise ConfedError("bad_proposal_id", f"proposal id {text[:40]!r} is not like P7", 422)
+    if len(digits) > 18:  # beyond any id the database holds (and int() of huge strings)
+        raise ConfedError("bad_proposal_id", f"proposal id {text[:40]!r} is out of range", 422)
     return int(digits)
 
 
 def get_proposal(session: Session, code: str | int) -> Proposal:
-    proposal = session.get(Proposal, parse_code(code))
+    """The proposal, or 404 naming it as ``P<id>`` (the answer callers who may not see it get)."""
+    pid = parse_code(code)
+    proposal = session.get(Proposal, pid)
     if proposal is None:
-        raise ConfedError("not_found", f"proposal {code} not found", 404)
+        raise ConfedError("not_found", f"proposal P{pid} not found", 404)
     return proposal
 
 

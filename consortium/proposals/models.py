@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from consortium.db.base import Base, UTCDateTime, utcnow
+from consortium.db.base import Base, UTCDateTime, random_id, utcnow
 
 
 class Member(Base):
@@ -20,12 +20,14 @@ class Member(Base):
 
     __tablename__ = "members"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, default=random_id)
     name: Mapped[str] = mapped_column(String(256))
     institution: Mapped[str] = mapped_column(String(256))
     email: Mapped[str] = mapped_column(String(256))
     role: Mapped[str] = mapped_column(String(32))  # researcher / steering
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # HMAC key of the member's released-set history (made on first use, never handed out)
+    history_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class MemberToken(Base):
@@ -40,7 +42,7 @@ class MemberToken(Base):
 class Proposal(Base):
     __tablename__ = "proposals"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, default=random_id)
     title: Mapped[str] = mapped_column(String(300))
     abstract: Mapped[str] = mapped_column(Text)
     aims: Mapped[str] = mapped_column(Text)
@@ -73,7 +75,7 @@ class Vote(Base):
     __tablename__ = "proposal_votes"
     __table_args__ = (UniqueConstraint("proposal_id", "review_round", "member_id"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, default=random_id)
     proposal_id: Mapped[int] = mapped_column(ForeignKey("proposals.id"), index=True)
     review_round: Mapped[int] = mapped_column(Integer)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
@@ -100,7 +102,7 @@ class Grant(Base):
 
     __tablename__ = "grants"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, default=random_id)
     proposal_id: Mapped[int] = mapped_column(ForeignKey("proposals.id"), unique=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
     measures: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -112,12 +114,14 @@ class Grant(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # column -> band edges or levels, fixed at activation (None: the settings' default)
+    strata: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ExportRecord(Base):
     __tablename__ = "proposal_exports"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, default=random_id)
     proposal_id: Mapped[int] = mapped_column(ForeignKey("proposals.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
@@ -125,6 +129,7 @@ class ExportRecord(Base):
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     n_subjects: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(String(512))
+    sites: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # sites it holds
 
 
 class AnalysisQuery(Base):
@@ -132,7 +137,7 @@ class AnalysisQuery(Base):
 
     __tablename__ = "proposal_queries"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, default=random_id)
     proposal_id: Mapped[int] = mapped_column(ForeignKey("proposals.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     actor: Mapped[str] = mapped_column(String(128))
@@ -140,3 +145,22 @@ class AnalysisQuery(Base):
     subjects: Mapped[list[str]] = mapped_column(JSON, default=list)
     outcome: Mapped[str] = mapped_column(String(16))  # released / refused
     rule: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ReleasedSet(Base):
+    """The subject set of one released remote result, kept per researcher.
+
+    ``groups`` maps ``"site/dx"`` to HMAC-SHA256 ids of the subjects (keyed with the
+    member's ``history_key`` over site and subject key), so the sets of all the
+    member's proposals can be compared without storing subject keys.
+    """
+
+    __tablename__ = "released_sets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
+    proposal_id: Mapped[int] = mapped_column(ForeignKey("proposals.id"), index=True)
+    query_id: Mapped[int] = mapped_column(ForeignKey("proposal_queries.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    n_subjects: Mapped[int] = mapped_column(Integer)
+    groups: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

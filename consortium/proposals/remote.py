@@ -2,10 +2,10 @@
 
 Analyses: ``mixed_model`` (outcome ~ case + covariates + (1 | site), the REST-meta-MDD
 DMN mega-analysis, via :func:`consortium.analysis.mixed_model`) and ``meta_analysis``
-(per-site Hedges' g of case vs control pooled by
-:func:`consortium.analysis.random_effects`). The analysed subset is chosen with
-filters on granted columns; :mod:`consortium.proposals.disclosure` decides whether
-the result may leave.
+(per-site OLS t of case vs control with the requested covariates, as Hedges' g, pooled
+by :func:`consortium.analysis.random_effects`). The analysed subset is chosen with
+filters that select whole cells of the grant's strata (:mod:`.strata`);
+:mod:`consortium.proposals.disclosure` decides whether the result may leave.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from consortium.errors import ConfedError
-from consortium.proposals.disclosure import DisclosureRefused, check_cells, check_differencing
+from consortium.proposals import strata as strata_mod
+from consortium.proposals.disclosure import DisclosureRefused, check_cells
 from consortium.proposals.scope import ScopedData
 
 ANALYSES = ("mixed_model", "meta_analysis")
@@ -50,7 +50,26 @@ def _check_request(req: dict, columns: list[str], data: ScopedData) -> None:
         )
 
 
+def _check_filters(frame: pd.DataFrame, filters: list[dict]) -> None:
+    """422 naming the filter whose value does not fit its column's type."""
+    for f in filters:
+        col, op, value = f["column"], f["op"], f["value"]
+        what = f"filter {col} {op} {value!r}"
+        if col not in frame.columns:
+            raise ConfedError("bad_filter", f"{what}: no column {col!r} in the data", 422)
+        values = value if isinstance(value, list) else [value]
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        if pd.api.types.is_numeric_dtype(frame[col]):
+            if not numbers:
+                raise ConfedError("bad_filter", f"{what}: {col} is numeric, give numbers", 422)
+        elif op in ("ge", "le") or numbers:
+            raise ConfedError(
+                "bad_filter", f"{what}: {col} is categorical, compare it with eq, ne or in", 422
+            )
+
+
 def _apply_filters(frame: pd.DataFrame, filters: list[dict]) -> pd.DataFrame:
+    _check_filters(frame, filters)
     for f in filters:
         col, op, value = f["column"], f["op"], f["value"]
         if op not in OPS:
@@ -70,19 +89,41 @@ def _apply_filters(frame: pd.DataFrame, filters: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def analysed_subset(req: dict, data: ScopedData, dx_labels: dict, columns: list[str]):
-    """The rows the query uses (complete cases after filters) and its categorical columns."""
+def analysed_subset(
+    req: dict, data: ScopedData, dx_labels: dict, columns: list[str], strata: dict, minimum: int
+) -> tuple[pd.DataFrame, list[str], dict]:
+    """The rows the query uses, its categorical columns and the strata report.
+
+    Rows: the whole cells of the grant's strata that the filters select, each with at
+    least ``minimum`` complete cases (outcome and covariates present); smaller cells
+    are left out and named (by label only) in the report.
+    """
     _check_request(req, columns, data)
     frame = data.subjects.copy()
     # float64: bundles store float32, and sums of squares in float32 lose ~1e-6 relative
     frame["_y"] = data.tables[req["measure"]][req["outcome"]].to_numpy(dtype=np.float64)
-    frame = _apply_filters(frame, req["filters"])
-    frame = frame[frame["dx"].isin([dx_labels["case"], dx_labels["control"]])]
+    frame["_row"] = np.arange(len(frame))
+    _check_filters(frame, req["filters"])
+    plan = strata_mod.plan_cells(frame, strata, [dx_labels["case"], dx_labels["control"]], minimum)
+    selected = strata_mod.select(frame, req["filters"], strata)
+    keep, suppressed, partial = strata_mod.whole_cells(selected, plan)
+    frame = frame.assign(_cell=plan.cell)[keep]
     frame = frame.dropna(subset=["_y", "dx", *req["covariates"]])
+    sizes = frame["_cell"].value_counts()
+    thin = sorted(sizes.index[sizes < minimum])
+    frame = frame[~frame["_cell"].isin(thin)]
+    report = {
+        "definition": strata,
+        "cells": {str(k): int(v) for k, v in frame["_cell"].value_counts().sort_index().items()},
+        "merged": sorted(set(frame["_cell"]) & plan.merged),
+        "suppressed": sorted([*suppressed, *thin]),
+        "partly_selected": partial,
+        "outside_strata": plan.outside,
+    }
     categorical = ["site", "dx"] + [
         c for c in req["covariates"] if not pd.api.types.is_numeric_dtype(frame[c])
     ]
-    return frame, categorical
+    return frame, categorical, report
 
 
 def _design(frame: pd.DataFrame, covariates: list[str], case: str) -> tuple[pd.DataFrame, list]:
@@ -123,23 +164,43 @@ def _mixed(frame, req, dx_labels) -> dict[str, Any]:
 
 
 def _meta(frame, req, dx_labels) -> dict[str, Any]:
-    from consortium.analysis import random_effects
-    from consortium.analysis.meta import hedges_g_from_t
+    """Per-site OLS ``y ~ 1 + case + covariates`` -> t of case -> Hedges' g -> pooled (REML).
 
-    yi, vi, per_site = [], [], {}
-    for site, rows in frame.groupby("site"):
-        case = rows.loc[rows["dx"] == dx_labels["case"], "_y"].to_numpy()
-        ctrl = rows.loc[rows["dx"] == dx_labels["control"], "_y"].to_numpy()
-        t = stats.ttest_ind(case, ctrl).statistic
-        g, v = hedges_g_from_t(t, len(case), len(ctrl))
-        yi.append(float(g))
-        vi.append(float(v))
-        per_site[str(site)] = {"g": float(g), "vi": float(v)}
-    if len(yi) < 2:
+    One implementation with the coordinator's site meta-analysis
+    (:func:`consortium.analysis.meta.site_effects`): covariates constant (or collinear)
+    at a site are left out of that site's model and listed per site.
+
+    References
+    ----------
+    Hedges LV (1981). J Educ Stat 6:107-128.
+    Borenstein M et al. (2009). Introduction to Meta-Analysis. Wiley.
+    """
+    from consortium.analysis import random_effects, site_effects
+
+    model, fixed = _design(frame, req["covariates"], dx_labels["case"])
+    table = site_effects(model, "y", "case", "site", fixed[1:], min_per_group=2)
+    used = table[table["included"].astype(bool)]
+    if len(used) < 2:
         raise ConfedError("too_few_sites", "a meta-analysis needs two sites", 422)
-    res = random_effects(np.array(yi), np.array(vi))
+    res = random_effects(used["yi"].to_numpy(), used["vi"].to_numpy())
     pooled = {k: v for k, v in res.as_dict().items() if k != "weights"}
-    return {"pooled": pooled, "sites": per_site}
+    per_site = {
+        str(row.site): {
+            "g": float(row.yi),
+            "vi": float(row.vi),
+            "covariates_dropped": row.covariates_dropped.split(", ")
+            if row.covariates_dropped
+            else [],
+        }
+        for row in used.itertuples(index=False)
+    }
+    excluded = {str(r.site): r.reason for r in table[~table["included"].astype(bool)].itertuples()}
+    return {
+        "pooled": pooled,
+        "sites": per_site,
+        "sites_excluded": excluded,
+        "model": f"{req['outcome']} ~ 1 + {' + '.join(fixed)}, OLS per site",
+    }
 
 
 def run_query(
@@ -148,15 +209,24 @@ def run_query(
     dx_labels: dict,
     columns: list[str],
     minimum: int,
-    previous: dict[int, set[str]],
-) -> tuple[dict, set[str]]:
-    """Check the disclosure rules, then run; returns (aggregate result, subject set)."""
-    frame, categorical = analysed_subset(req, data, dx_labels, columns)
+    strata: dict,
+) -> tuple[dict, pd.DataFrame]:
+    """Check the per-result disclosure rules, then run.
+
+    Returns the aggregate result and the analysed rows (``subject``, ``site``, ``dx``,
+    ``_row``: position in ``data``), for the caller's history check
+    (:func:`consortium.proposals.history.check_and_hold`) before release.
+    """
+    frame, categorical, report = analysed_subset(req, data, dx_labels, columns, strata, minimum)
+    if frame.empty:
+        raise DisclosureRefused(
+            "min_cell_size",
+            "no whole strata cell with at least the minimum cell size "
+            f"{minimum} is selected (suppressed: {', '.join(report['suppressed']) or 'none'})",
+        )
     cells = check_cells(frame, categorical, minimum)
     if req["analysis"] == "meta_analysis":
         check_cells(frame.assign(_cell=frame["site"] + "/" + frame["dx"]), ["_cell"], minimum)
-    subjects = set(frame["subject"])
-    check_differencing(subjects, previous, minimum)
     fit = _mixed if req["analysis"] == "mixed_model" else _meta
     result = {
         "analysis": req["analysis"],
@@ -164,9 +234,10 @@ def run_query(
         "outcome": req["outcome"],
         "n_subjects": len(frame),
         "cells": cells,
+        "strata": report,
         **fit(frame, req, dx_labels),
     }
-    return result, subjects
+    return result, frame[["subject", "site", "dx", "_row"]]
 
 
 __all__ = ["ANALYSES", "DisclosureRefused", "run_query"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from consortium.api.schemas import ReleaseName
+from sites.receipts import Receipt
 
 Text = Field(min_length=1, max_length=20_000)
-Name = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
 
 class _Out(BaseModel):
@@ -47,7 +49,7 @@ class ProposalFields(BaseModel):
     measures: list[str] = Field(max_length=50)
     columns: list[str] = Field(max_length=100)
     sites: list[str] = Field(default_factory=list, max_length=500, description="empty: all")
-    release_name: str = Field(pattern=Name)
+    release_name: ReleaseName
     duration_months: int = Field(ge=1, le=60)
 
 
@@ -60,7 +62,7 @@ class ProposalUpdate(BaseModel):
     measures: list[str] | None = Field(None, max_length=50)
     columns: list[str] | None = Field(None, max_length=100)
     sites: list[str] | None = Field(None, max_length=500)
-    release_name: str | None = Field(None, pattern=Name)
+    release_name: ReleaseName | None = None
     duration_months: int | None = Field(None, ge=1, le=60)
 
 
@@ -137,6 +139,22 @@ class ConsentCreate(BaseModel):
     comment: str = Field("", max_length=10_000)
 
 
+class ActivationRequest(BaseModel):
+    """Optional body of ``POST /proposals/{code}/activate``."""
+
+    model_config = ConfigDict(extra="forbid")
+    strata: dict[str, list[float] | list[str]] | None = Field(
+        None,
+        max_length=5,
+        description=(
+            "what the researcher may filter on: column -> band edges (numbers, increasing) "
+            "or levels (strings); site and dx are always cell dimensions. Default: the "
+            "settings' age_bands for age."
+        ),
+        examples=[{"age": [18, 30, 45, 65, 100], "sex": ["M", "F"]}],
+    )
+
+
 class ConsentOut(_Out):
     proposal_id: int
     site_id: str
@@ -158,6 +176,9 @@ class GrantOut(_Out):
     created_at: datetime
     expires_at: datetime
     revoked_at: datetime | None
+    strata: dict[str, list] | None = Field(
+        None, description="what remote analyses may filter on (None: the default age bands)"
+    )
 
 
 class ExportOut(BaseModel):
@@ -165,6 +186,9 @@ class ExportOut(BaseModel):
     proposal: str
     archive_sha256: str
     manifest: dict[str, Any]
+    receipt: Receipt | None = Field(
+        None, description="signed receipt of the audit entry recording this export"
+    )
 
 
 class QueryFilter(BaseModel):
@@ -172,6 +196,17 @@ class QueryFilter(BaseModel):
     column: str = Field(min_length=1, max_length=128)
     op: Literal["eq", "ne", "in", "ge", "le"]
     value: str | float | list[str] | list[float]
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> QueryFilter:
+        what = f"filter on {self.column!r}: {self.op}"
+        if self.op in ("ge", "le") and not isinstance(self.value, int | float):
+            raise ValueError(f"{what} needs a number, got {self.value!r}")
+        if self.op == "in" and not isinstance(self.value, list):
+            raise ValueError(f"{what} needs a list of values, got {self.value!r}")
+        if self.op in ("eq", "ne") and isinstance(self.value, list):
+            raise ValueError(f"{what} needs one value, got a list")
+        return self
 
 
 class AnalysisRequest(BaseModel):
@@ -182,7 +217,18 @@ class AnalysisRequest(BaseModel):
     covariates: list[str] = Field(default_factory=list, max_length=10)
     filters: list[QueryFilter] = Field(default_factory=list, max_length=10)
 
+    @field_validator("covariates")
+    @classmethod
+    def _distinct(cls, covariates: list[str]) -> list[str]:
+        twice = sorted({c for c in covariates if covariates.count(c) > 1})
+        if twice:
+            raise ValueError(f"covariate(s) listed more than once: {', '.join(twice)}")
+        return covariates
+
 
 class AnalysisResult(BaseModel):
     query_id: int
     result: dict[str, Any]
+    receipt: Receipt | None = Field(
+        None, description="signed receipt of the audit entry recording this release"
+    )

@@ -25,6 +25,7 @@ class GrantView:
     pseudonym_key: str = field(repr=False)
     recipient: dict[str, str] = field(default_factory=dict)
     expires_at: str = ""
+    strata: dict[str, list] = field(default_factory=dict)  # the grant's effective strata
 
 
 @dataclass
@@ -34,6 +35,8 @@ class ScopedData:
     arrays: dict[str, np.ndarray]  # "connectivity:<atlas>" / "map:<metric>" -> subjects x k
     mask_images: dict[str, object]  # "map:<metric>" -> nibabel mask image
     dx_labels: dict[str, str] = field(default_factory=dict)
+    # the release's subject keys, rows as ``subjects``: never leave the coordinator
+    subject_keys: list[str] = field(default_factory=list, repr=False)
 
 
 def load_scoped(root, db_url: str | None, view: GrantView) -> ScopedData:
@@ -65,4 +68,5 @@ def load_scoped(root, db_url: str | None, view: GrantView) -> ScopedData:
             masks[measure] = mask
         else:
             raise ConfedError("unknown_measure", f"measure {measure!r} is not known", 422)
-    return ScopedData(subjects, tables, arrays, masks, dict(ds.dx_labels))
+    keys = [str(k) for k in rows["subject_key"]]
+    return ScopedData(subjects, tables, arrays, masks, dict(ds.dx_labels), keys)

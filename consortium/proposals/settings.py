@@ -7,7 +7,7 @@ coordinator's own ``coordinator.json``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from consortium.errors import ConfedError
@@ -45,8 +45,12 @@ class ProposalSettings:
     consent_window_days : int
         Days after approval during which a requested site may opt out.
     min_cell_size : int
-        Smallest group or subgroup any remote result may describe; also the
-        smallest allowed difference between two queries' subject sets.
+        Smallest group or subgroup any remote result may describe: every strata cell
+        of a released result, and every group that differencing of a researcher's
+        released results could isolate.
+    age_bands : list of float
+        Band edges of the default strata (``age`` only) of a grant whose activation
+        does not set strata: bands ``[0, 12)``, ``[12, 18)``, ... , ``[65, 120]``.
     """
 
     quorum: int = 2
@@ -54,6 +58,7 @@ class ProposalSettings:
     coi_same_institution: bool = True
     consent_window_days: int = 14
     min_cell_size: int = 10
+    age_bands: list[float] = field(default_factory=lambda: [0, 12, 18, 30, 45, 65, 120])
 
     def __post_init__(self) -> None:
         if self.quorum < 1:
@@ -64,6 +69,9 @@ class ProposalSettings:
             raise ConfedError("bad_settings", "consent_window_days must be >= 0")
         if self.min_cell_size < 1:
             raise ConfedError("bad_settings", "min_cell_size must be >= 1")
+        bands = self.age_bands
+        if len(bands) < 2 or any(b <= a for a, b in zip(bands, bands[1:], strict=False)):
+            raise ConfedError("bad_settings", f"age_bands must increase, got {bands}")
 
     @classmethod
     def load(cls, root: Path | str) -> ProposalSettings:

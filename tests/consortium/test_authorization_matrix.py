@@ -3,7 +3,7 @@
 One real server process (``confed coord serve``) answers every call. Each route is
 called by every role; "allowed" means any answer but 401 or 403, and a role outside
 the allowed set must get exactly 401 (no valid token: revoked, unknown, anonymous)
-or exactly 403 (a valid token of the wrong role, site or owner). Besides the plain
+or exactly 403 (a valid token of the wrong role or site). Besides the plain
 call, every route is called
 
 - with a body that fails validation (``{"bogus": 1}``, or bytes that are no tar):
@@ -11,6 +11,10 @@ call, every route is called
   forbidden caller learns nothing from the schema check;
 - with identifiers that do not exist: allowed roles get 404, and the roles that may
   never use the route get 401/403 without the lookup telling them anything.
+
+A role that may use a route, but not on this resource (another site's submission,
+another researcher's proposal), gets exactly the 404 of a resource that does not
+exist (``HIDDEN``), so ids tell nobody what exists.
 
 Routes whose answer depends on ownership (a proposal, a site) run against fresh
 proposals and a second site, so one call's effect never decides another's answer.
@@ -41,6 +45,7 @@ from consortium.proposals.models import Grant, Member
 from consortium.proposals.settings import ProposalSettings
 from consortium.registry import add_site
 from consortium.releases import create_release
+from consortium.settings import Settings
 from tests.consortium.service.bundles import make_keys, synthetic_bundle, tar_dir
 from tests.consortium.service.conftest import Server
 
@@ -86,6 +91,8 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", f"{P}/releases/{{name}}"): COMMITTEE,
     ("GET", f"{P}/audit"): ADMIN,
     ("GET", f"{P}/audit/verify"): ADMIN,
+    ("GET", f"{P}/audit/key"): AUTHENTICATED,
+    ("GET", f"{P}/audit/entries/{{seq}}/hash"): AUTHENTICATED,
     ("POST", f"{P}/analyses"): COMMITTEE,
     ("GET", f"{P}/analyses"): COMMITTEE,
     ("GET", f"{P}/analyses/{{job_id}}"): COMMITTEE,
@@ -121,9 +128,28 @@ OTHER_SITE = {
     ("GET", f"{P}/submissions/{{submission_id}}"): COMMITTEE,
     ("GET", f"{P}/submissions/{{submission_id}}/files/{{path:path}}"): COMMITTEE,
 }
+# Roles that get the 404 of a missing resource on a resource that is not theirs
+# (their role may use the route): the others' proposal, the other site's submission.
+NOT_OWNER = frozenset({"r_nogrant"})
+HIDDEN: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", f"{P}/proposals/{{code}}"): NOT_OWNER,
+    ("PATCH", f"{P}/proposals/{{code}}"): NOT_OWNER,
+    ("POST", f"{P}/proposals/{{code}}/dua"): NOT_OWNER,
+    ("POST", f"{P}/proposals/{{code}}/submit"): NOT_OWNER,
+    ("POST", f"{P}/proposals/{{code}}/close"): NOT_OWNER,
+    ("GET", f"{P}/proposals/{{code}}/grant"): NOT_OWNER,
+    ("POST", f"{P}/proposals/{{code}}/exports"): NOT_OWNER,
+    ("GET", f"{P}/proposals/{{code}}/exports/{{export_id}}"): NOT_OWNER,
+    ("POST", f"{P}/proposals/{{code}}/analyses"): NOT_OWNER,
+}
+HIDDEN_OTHER_SITE = {
+    ("GET", f"{P}/submissions/{{submission_id}}"): frozenset({"site"}),
+    ("GET", f"{P}/submissions/{{submission_id}}/files/{{path:path}}"): frozenset({"site"}),
+}
 # Identifiers that do not exist: who may get as far as the lookup (and its 404).
 # Roles missing here must be refused from their role alone, before any lookup.
 MISSING = {
+    ("GET", f"{P}/audit/entries/{{seq}}/hash"): AUTHENTICATED,
     ("DELETE", f"{P}/tokens/{{token_id}}"): ADMIN,
     ("GET", f"{P}/sites/{{site_id}}"): COMMITTEE,
     ("GET", f"{P}/sites/{{site_id}}/status"): COMMITTEE,
@@ -193,6 +219,7 @@ class Case:
     allowed: frozenset[str]
     body: object = None
     expect: set[int] = field(default_factory=set)  # what allowed roles must get, if fixed
+    hidden: frozenset[str] = frozenset()  # roles that must get exactly 404 (not theirs)
 
     @property
     def route(self) -> tuple[str, str]:
@@ -210,15 +237,17 @@ def _cases() -> list[Case]:
             body = "site"  # filled in by the world: needs a real public key
         if (method, path) == ("POST", f"{P}/submissions"):
             body = "tar"
-        out.append(Case(method, path, "plain", allowed, body))
+        hidden = HIDDEN.get((method, path), frozenset())
+        out.append(Case(method, path, "plain", allowed, body, hidden=hidden))
         if body is not None:
             bad = NOT_A_TAR if body == "tar" else INVALID_BODY
             code = 400 if body == "tar" else 422
-            out.append(Case(method, path, "invalid body", allowed, bad, {code}))
+            out.append(Case(method, path, "invalid body", allowed, bad, {code}, hidden))
         if (method, path) in MISSING:
             out.append(Case(method, path, "missing", MISSING[method, path], body, {404}))
     for (method, path), allowed in OTHER_SITE.items():
-        out.append(Case(method, path, "other site", allowed))
+        hidden = HIDDEN_OTHER_SITE.get((method, path), frozenset())
+        out.append(Case(method, path, "other site", allowed, hidden=hidden))
     return out
 
 
@@ -230,6 +259,9 @@ class World:
 
     def __init__(self, tmp_path):
         self.server = Server(tmp_path / "coord", None)
+        settings = Settings.load(self.server.root)
+        settings.auth_fail_limit = 1_000_000  # every case calls with refused tokens
+        settings.save()
         self.coord = Coordinator.open(self.server.root)
         self.tokens: dict[str, str | None] = {
             "admin": self.server.admin_token,
@@ -355,6 +387,7 @@ def _fill(world: World, case: Case, role: str, own: str, expired: str, extra: di
         "name": "no-such-release" if missing else "r1",
         "job_id": uuid.uuid4().hex,  # no job exists: allowed roles get 404
         "member_id": 999_999 if missing else world.members["r_nogrant"],
+        "seq": 999_999 if missing else 1,
         **extra,
     }
     path = case.template
@@ -384,9 +417,11 @@ def test_exact_allowed_set(world, case):
         path = _fill(world, case, role, own, expired, extra)
         observed[role] = world.call(role, case.method, path, body).status_code
     assert all(s < 500 for s in observed.values()), observed
-    allowed = {role for role, s in observed.items() if s not in (401, 403)}
+    allowed = {role for role, s in observed.items() if s not in (401, 403)} - case.hidden
     assert allowed == case.allowed, observed
-    for role in ANYONE - case.allowed:
+    for role in case.hidden:
+        assert observed[role] == 404, observed
+    for role in ANYONE - case.allowed - case.hidden:
         assert observed[role] == (401 if role in NO_TOKEN else 403), observed
     if case.expect:
         assert {observed[role] for role in case.allowed} <= case.expect, observed
@@ -420,8 +455,12 @@ def test_grant_cannot_be_widened_or_escaped(world):
     )
     assert r.status_code == 403
     other = world.active_proposal("r_nogrant")
-    assert world.call("r_grant", "GET", f"{P}/proposals/{other}").status_code == 403
-    assert world.call("r_grant", "POST", f"{P}/proposals/{other}/exports").status_code == 403
+    for method, route in (("GET", ""), ("POST", "/exports")):
+        # not theirs: the very answer of no such proposal (but for the id asked about)
+        r = world.call("r_grant", method, f"{P}/proposals/{other}{route}")
+        missing = world.call("r_grant", method, f"{P}/proposals/P9999{route}")
+        assert r.status_code == missing.status_code == 404
+        assert r.text.replace(other, "P9999") == missing.text
 
 
 @pytest.mark.parametrize(

@@ -74,10 +74,15 @@ def test_abide_sites_fc_networks_qc(bundles, abide_dir, ho_atlas_tsv):
         assert sorted(qc.index) == sorted(expected["key"])
         for _, e in expected.iterrows():
             assert bool(qc.at[e.key, "included"]) == e.included, (site, e.row.FILE_ID)
+            codes = qc.at[e.key, "reason_codes"].split(";")
             if e.flat.any():
-                assert "zero variance" in qc.at[e.key, "reason"]
+                assert "zero_variance_roi" in codes
+                reasons = bundle.qc_reasons
+                mine = (reasons["subject_key"] == e.key) & (reasons["code"] == "zero_variance_roi")
+                flat_rois = reasons.loc[mine, "value"]
+                assert sorted(flat_rois) == list(np.flatnonzero(e.flat) + 1.0)
             if e.row.func_mean_fd > 0.2:
-                assert "head motion" in qc.at[e.key, "reason"]
+                assert "head_motion" in codes
         assert bundle.manifest["counts"]["included"] == int(expected["included"].sum())
 
         # Subjects: order of connectivity rows, canonical values.
@@ -175,7 +180,7 @@ def test_atlas_without_a_flat_roi_keeps_subjects(abide_dir, tmp_path):
         ts = np.loadtxt(site_dir / f"{sid}_rois_ho.1D.gz", comments="#")
         if (ts[:, [i - 1 for i in keep]].std(axis=0) == 0).any():
             flat_elsewhere.add(sid)
-    coverage = bundle.qc[bundle.qc["reason"].fillna("").str.contains("zero variance")]
+    coverage = bundle.qc[bundle.qc["reason_codes"].str.contains("zero_variance_roi")]
     assert {by_key[k] for k in coverage["subject_key"]} == flat_elsewhere
     edges = bundle.connectivity("ho110")
     assert edges.shape == (len(bundle.subjects), 110 * 109 // 2)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from sites.bundle import read_bundle
 from sites.cli import app
+from sites.qc import local_log_path
 from tests.factories import make_site
 from tests.sites import synthetic
 
@@ -72,9 +73,12 @@ def test_phenotype_subject_without_timeseries_is_recorded(site, tmp_path):
     (site.root / "ROISignals" / "ROISignals_sub-004.mat").unlink()
     bundle = _qc(site, tmp_path)
     excluded = bundle.qc[~bundle.qc["included"]]
-    assert len(excluded) == 1
-    assert "missing time series" in excluded["reason"].iloc[0]
-    assert "ROISignals_sub-004.mat" in excluded["reason"].iloc[0]
+    assert excluded["reason_codes"].tolist() == ["missing_timeseries"]
+    assert bundle.qc_reasons[["code", "field"]].values.tolist() == [
+        ["missing_timeseries", "dosenbach160"]
+    ]
+    log = _local_log(tmp_path)
+    assert "ROISignals_sub-004.mat" in log.loc[log["subject_id"] == "sub-004", "detail"].item()
     assert len(bundle.subjects) == 5
 
 
@@ -98,10 +102,11 @@ def test_nan_column_is_a_qc_exclusion(site, tmp_path):
     wide[:, 1410] = np.nan
     scipy.io.savemat(path, {"ROISignals": wide})
     bundle = _qc(site, tmp_path)
-    reasons = bundle.qc.loc[~bundle.qc["included"], "reason"].tolist()
-    assert len(reasons) == 1
-    assert "non-finite values in 1 ROI(s)" in reasons[0] and "ROISignals_sub-001.mat" in reasons[0]
-    assert "3_aPFC" in reasons[0]  # column 1411 is Dosenbach ROI 3
+    reasons = bundle.qc_reasons
+    assert reasons[["code", "field"]].values.tolist() == [["non_finite", "dosenbach160"]]
+    assert reasons["value"].item() == 3  # column 1411 is Dosenbach ROI 3
+    detail = _local_log(tmp_path).query("code == 'non_finite'")["detail"].item()
+    assert "ROISignals_sub-001.mat" in detail and "3_aPFC" in detail
 
 
 def test_truncated_gzip(site, tmp_path):
@@ -150,11 +155,19 @@ def test_code_outside_value_map_and_implausible_age(site, tmp_path):
     table.loc[4, "age"] = 140
     table.to_csv(site.root / "participants.tsv", sep="\t", index=False)
     bundle = _qc(site, tmp_path)
-    reasons = sorted(bundle.qc.loc[~bundle.qc["included"], "reason"])
-    assert len(reasons) == 3
-    assert any("dx: code '3' in 'group' not in ['MDD', 'HC']" in r for r in reasons)
-    assert any("sex: code '9' in 'sex'" in r for r in reasons)
-    assert any("age: 140 outside [5, 100]" in r for r in reasons)
+    assert (~bundle.qc["included"]).sum() == 3
+    reasons = bundle.qc_reasons
+    assert set(zip(reasons["code"], reasons["field"], strict=True)) == {
+        ("unknown_code", "dx"),
+        ("unknown_code", "sex"),
+        ("implausible_value", "age"),  # outside the contract's plausible [0, 120]
+        ("age_out_of_range", "age"),  # outside the site's QC window [5, 100]
+    }
+    window = reasons.query("code == 'age_out_of_range'")
+    assert window[["value", "threshold"]].values.tolist() == [[140.0, 100.0]]
+    details = " | ".join(_local_log(tmp_path)["detail"].fillna(""))
+    assert "dx: code '3' in 'group' not in ['MDD', 'HC']" in details
+    assert "sex: code '9' in 'sex'" in details
     assert set(bundle.subjects["dx"]) <= {"MDD", "HC"} and set(bundle.subjects["sex"]) <= {"M", "F"}
 
 
@@ -167,9 +180,15 @@ def test_head_motion_and_too_few_volumes(site, tmp_path):
         {"ROISignals": np.random.default_rng(0).normal(size=(10, 1600))},
     )
     bundle = _qc(site, tmp_path)
-    reasons = " | ".join(bundle.qc["reason"])
-    assert "head motion: mean FD 0.350 mm > 0.2 mm" in reasons
-    assert "too few volumes: 10 < 20" in reasons
+    reasons = bundle.qc_reasons.set_index("code")
+    assert reasons.loc["head_motion", ["field", "value", "threshold"]].tolist() == [
+        "mean_fd",
+        0.35,
+        0.2,
+    ]
+    assert reasons.loc["too_few_volumes", ["value", "threshold"]].tolist() == [10, 20]
+    details = " | ".join(_local_log(tmp_path)["detail"].fillna(""))
+    assert "head motion: mean FD 0.350 mm > 0.2 mm" in details
     assert bundle.manifest["counts"]["excluded"] == 2
 
 
@@ -211,3 +230,8 @@ def test_existing_bundle_not_overwritten(site, tmp_path):
     result, _ = _compute(site, tmp_path)
     assert result.exit_code == 1 and "already exists" in result.output
     assert (out / "manifest.json").read_bytes() == before
+
+
+def _local_log(tmp_path) -> pd.DataFrame:
+    """The site-only QC log written next to the bundle."""
+    return pd.read_csv(local_log_path(tmp_path / "bundle"))

@@ -37,7 +37,16 @@ def _small_bundle(path: Path, key: Ed25519PrivateKey | None = None, **kwargs) ->
         {
             "subject_key": keys,
             "included": [True, True, True, False],
-            "reason": ["", "", "", "head motion: mean FD 0.300 mm > 0.2 mm"],
+            "reason_codes": ["", "", "", "head_motion"],
+        }
+    )
+    reasons = pd.DataFrame(
+        {
+            "subject_key": keys[3:],
+            "code": ["head_motion"],
+            "field": ["mean_fd"],
+            "value": [0.3],
+            "threshold": [0.2],
         }
     )
     edges = rng.normal(size=(3, 10)).astype(np.float32)
@@ -47,6 +56,7 @@ def _small_bundle(path: Path, key: Ed25519PrivateKey | None = None, **kwargs) ->
         site_id="S01",
         subjects=subjects,
         qc=qc,
+        qc_reasons=reasons,
         connectivity={"toy": edges},
         networks={"toy": nets},
         metadata={"dx_labels": {"case": "MDD", "control": "HC"}},
@@ -82,7 +92,7 @@ def test_roundtrip_and_hash(bundle_dir):
     assert set(bundle.files) == {
         "subjects.parquet",
         "qc.parquet",
-        "qc.csv",
+        "qc_reasons.parquet",
         "connectivity_toy.parquet",
         "networks_toy.parquet",
     }
@@ -115,8 +125,8 @@ def test_missing_extra_and_size_checks(bundle_dir, tmp_path):
     with pytest.raises(BundleError, match="notes.txt: extra file"):
         read_bundle(bundle_dir)
     (bundle_dir / "notes.txt").unlink()
-    (bundle_dir / "qc.csv").unlink()
-    with pytest.raises(BundleError, match="qc.csv: listed in manifest but missing"):
+    (bundle_dir / "qc_reasons.parquet").unlink()
+    with pytest.raises(BundleError, match="qc_reasons.parquet: listed in manifest but missing"):
         read_bundle(bundle_dir)
 
 
@@ -140,10 +150,13 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         write_bundle(
             tmp_path / "bad",
             site_id="S01",
-            subjects=pd.DataFrame({"subject_key": ["a"], "dx": ["HC"]}),
-            qc=pd.DataFrame({"subject_key": ["a"], "included": [True], "reason": [""]}),
+            subjects=pd.DataFrame(
+                {"subject_key": ["a" * 64], "dx": ["HC"], "age": 30.0, "sex": "F"}
+            ),
+            qc=pd.DataFrame({"subject_key": ["a" * 64], "included": [True], "reason_codes": [""]}),
             connectivity={"toy": np.zeros((2, 3))},
             networks={},
+            metadata={"dx_labels": {"case": "MDD", "control": "HC"}},
             private_key=Ed25519PrivateKey.generate(),
         )
     assert list(tmp_path.iterdir()) == []
@@ -199,7 +212,7 @@ def test_tar_member_safety(bundle_dir, tmp_path, name, kind, message):
 
 
 def test_symlink_in_directory_rejected(bundle_dir):
-    (bundle_dir / "qc.csv").unlink()
-    (bundle_dir / "qc.csv").symlink_to("/etc/hostname")
-    with pytest.raises(BundleError, match="qc.csv: is a symbolic link"):
+    (bundle_dir / "qc_reasons.parquet").unlink()
+    (bundle_dir / "qc_reasons.parquet").symlink_to("/etc/hostname")
+    with pytest.raises(BundleError, match="qc_reasons.parquet: is a symbolic link"):
         read_bundle(bundle_dir)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from consortium import audit
 from consortium.api.deps import get_coordinator, require_roles
-from consortium.api.schemas import ERROR_RESPONSES
+from consortium.api.schemas import ERROR_RESPONSES, IdPath
 from consortium.auth import Identity
 from consortium.coordinator import Coordinator
 from consortium.proposals.members import (
@@ -51,7 +51,7 @@ def get_members(
     summary="Issue another token to a member (admin)",
 )
 def post_member_token(
-    member_id: int,
+    member_id: IdPath,
     identity: Identity = Depends(require_roles("admin")),
     coord: Coordinator = Depends(get_coordinator),
 ) -> MemberCreated:

@@ -8,6 +8,7 @@ a caller whose role may never use the route; the exact matrix is tested in
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 
@@ -19,16 +20,18 @@ from sqlalchemy.orm import Session
 
 from consortium import audit
 from consortium.api.deps import get_coordinator, get_identity, require_roles
-from consortium.api.schemas import ERROR_RESPONSES
+from consortium.api.schemas import ERROR_RESPONSES, IdPath
 from consortium.auth import Identity
 from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
 from consortium.proposals import consent as consent_mod
-from consortium.proposals import lifecycle, review
-from consortium.proposals.export import pack, write_export
+from consortium.proposals import history, lifecycle, review
+from consortium.proposals.export import export_sites, pack, write_export
 from consortium.proposals.grants import (
     effective_sites,
+    effective_strata,
     expire_due,
+    fix_strata,
     grant_of,
     opted_out,
     require_usable_grant,
@@ -38,6 +41,7 @@ from consortium.proposals.members import member_of, require_member
 from consortium.proposals.models import AnalysisQuery, ExportRecord, Proposal
 from consortium.proposals.remote import run_query
 from consortium.proposals.schemas import (
+    ActivationRequest,
     AnalysisRequest,
     AnalysisResult,
     ConsentCreate,
@@ -85,6 +89,11 @@ def _out(session: Session, proposal: Proposal) -> ProposalOut:
     return out
 
 
+def _hidden(proposal: Proposal) -> ConfedError:
+    """What a caller who may not see ``proposal`` gets: the answer for no such proposal."""
+    return ConfedError("not_found", f"proposal {proposal.code} not found", 404)
+
+
 def _visible(session: Session, identity: Identity, proposal: Proposal) -> None:
     if identity.role in ("admin", "steering"):
         return
@@ -95,15 +104,13 @@ def _visible(session: Session, identity: Identity, proposal: Proposal) -> None:
     if identity.role == "site" and identity.site_id in proposal.sites:
         if proposal.status not in ("draft", "submitted", "under_review"):
             return
-    raise ConfedError("forbidden", f"proposal {proposal.code} is not visible to this token", 403)
+    raise _hidden(proposal)
 
 
 def _own(session: Session, identity: Identity, proposal: Proposal):
     member = require_member(session, identity, "researcher")
     if member.id != proposal.investigator_id:
-        raise ConfedError(
-            "forbidden", f"proposal {proposal.code} is not a proposal of member {member.id}", 403
-        )
+        raise _hidden(proposal)
     return member
 
 
@@ -146,7 +153,8 @@ def get_proposals(
     identity: Identity = Depends(swept_identity), coord: Coordinator = Depends(get_coordinator)
 ) -> list[ProposalOut]:
     with coord.db.session() as session:
-        rows = session.execute(select(Proposal).order_by(Proposal.id)).scalars().all()
+        query = select(Proposal).order_by(Proposal.created_at, Proposal.id)
+        rows = session.execute(query).scalars().all()
         out = []
         for proposal in rows:
             try:
@@ -253,7 +261,7 @@ def get_votes(
     with coord.db.session() as session:
         proposal = lifecycle.get_proposal(session, code)
         rows = session.execute(
-            select(Vote).where(Vote.proposal_id == proposal.id).order_by(Vote.id)
+            select(Vote).where(Vote.proposal_id == proposal.id).order_by(Vote.cast_at, Vote.id)
         ).scalars()
         out = [VoteOut.model_validate(v) for v in rows]
         audit.append(session, identity.actor, "proposal.votes.read", f"proposal:{code}", {})
@@ -269,6 +277,8 @@ def post_consent(
 ) -> ConsentOut:
     with coord.db.session() as session:
         proposal = lifecycle.get_proposal(session, code)
+        if identity.site_id not in proposal.sites:
+            raise _hidden(proposal)
         row = consent_mod.record_consent(
             session, proposal, identity.site_id, body.decision, body.comment, identity.actor
         )
@@ -278,12 +288,17 @@ def post_consent(
 @router.post("/{code}/activate", response_model=ProposalOut, summary="Activate (committee)")
 def post_activate(
     code: str,
+    body: ActivationRequest | None = None,
     identity: Identity = Depends(committee),
     coord: Coordinator = Depends(get_coordinator),
 ) -> ProposalOut:
+    """Activate; ``strata`` fixes what the researcher may filter on (default: age bands)."""
+    settings = _settings(coord)
     with coord.db.session() as session:
         proposal = lifecycle.get_proposal(session, code)
         consent_mod.activate(session, proposal, identity.actor)
+        strata = body.strata if body is not None else None
+        fix_strata(session, proposal, strata, settings.age_bands, identity.actor)
         return _out(session, proposal)
 
 
@@ -337,9 +352,10 @@ def delete_grant(
 
 def _grant_view(coord: Coordinator, identity: Identity, code: str) -> GrantView:
     """Check the caller holds a usable grant; plain values for use outside the session."""
+    settings = _settings(coord)
     with coord.db.session() as session:
         proposal = lifecycle.get_proposal(session, code)
-        member = require_member(session, identity, "researcher")
+        member = _own(session, identity, proposal)
         grant = require_usable_grant(session, proposal, member)
         return GrantView(
             proposal_code=proposal.code,
@@ -358,6 +374,7 @@ def _grant_view(coord: Coordinator, identity: Identity, code: str) -> GrantView:
                 "token": str(identity.token_id),
             },
             expires_at=grant.expires_at.isoformat(),
+            strata=effective_strata(grant, settings.age_bands),
         )
 
 
@@ -374,11 +391,14 @@ def _build_export(coord: Coordinator, view: GrantView, identity: Identity) -> Ex
     data = load_scoped(coord.settings.root, coord.settings.db_url, view)
     folder = coord.settings.root / "proposal_exports" / view.proposal_code
     folder.mkdir(parents=True, exist_ok=True)
+    for owner_only in (folder.parent, folder):
+        os.chmod(owner_only, 0o700)
     name = f"{view.proposal_code}-{uuid.uuid4().hex[:12]}"
     manifest = write_export(data, view, coord.store.tmp_dir / name)
     staged = coord.store.tmp_dir / name
     manifest_sha = sha256_file(staged / "manifest.json")
     tar = pack(staged, folder / f"{name}.tar")
+    os.chmod(tar, 0o600)
     shutil.rmtree(staged)
     digest = sha256_file(tar)
     with coord.db.session() as session:
@@ -390,10 +410,11 @@ def _build_export(coord: Coordinator, view: GrantView, identity: Identity) -> Ex
             manifest_sha256=manifest_sha,
             n_subjects=manifest["n_subjects"],
             path=str(tar),
+            sites=list(manifest["sites"]),
         )
         session.add(record)
         session.flush()
-        audit.append(
+        entry = audit.append(
             session,
             identity.actor,
             "proposal.export",
@@ -409,7 +430,11 @@ def _build_export(coord: Coordinator, view: GrantView, identity: Identity) -> Ex
             },
         )
         return ExportOut(
-            id=record.id, proposal=view.proposal_code, archive_sha256=digest, manifest=manifest
+            id=record.id,
+            proposal=view.proposal_code,
+            archive_sha256=digest,
+            manifest=manifest,
+            receipt=coord.receipt(entry.seq, entry.entry_hash),
         )
 
 
@@ -428,15 +453,72 @@ async def post_export(
     return await run_in_threadpool(_build_export, coord, view, identity)
 
 
+#: Why a grant no longer reaches its exports (codes of :func:`require_usable_grant`).
+GRANT_GONE = ("grant_revoked", "grant_expired", "grant_inactive", "no_sites")
+
+
+def _withdrawn(code: str, export_id: int, sites: list[str]) -> ConfedError:
+    return ConfedError(
+        "export_withdrawn",
+        f"export {export_id} of {code} holds data of site(s) {', '.join(sites)}, which opted "
+        f"out of {code} after it was made; it can no longer be downloaded. Create a new export "
+        f"(POST /api/v1/proposals/{code}/exports or `confed proposal export {code}`): it holds "
+        "the consenting sites only",
+        410,
+    )
+
+
+def _audit_refusal(
+    session: Session, identity: Identity, code: str, export_id: int, err: ConfedError, sites=()
+) -> None:
+    audit.append(
+        session,
+        identity.actor,
+        "export.download.refused",
+        f"proposal:{code}/export:{export_id}",
+        {"reason": err.code, "message": err.message, "sites": list(sites)},
+    )
+
+
+def download_holder(
+    code: str,
+    export_id: IdPath,
+    identity: Identity = Depends(swept_researcher),
+    coord: Coordinator = Depends(get_coordinator),
+) -> GrantView:
+    """The caller's usable grant, for a download of one of its exports.
+
+    A revoked, expired or inactive grant (or one whose every site opted out) stops every
+    download of its exports; the refusal is audited as ``export.download.refused``.
+    """
+    try:
+        return _grant_view(coord, identity, code)
+    except ConfedError as err:
+        if err.code not in GRANT_GONE:
+            raise
+        status = 410 if err.code == "no_sites" else err.status
+        refusal = ConfedError(
+            err.code,
+            f"{err.message}; export {export_id} of {code} can no longer be downloaded"
+            + ("" if err.code == "no_sites" else " (the grant no longer covers its exports)"),
+            status,
+        )
+        with coord.db.session() as session:
+            proposal = lifecycle.get_proposal(session, code)
+            _audit_refusal(session, identity, proposal.code, export_id, refusal)
+        raise refusal from err
+
+
 @router.get(
     "/{code}/exports/{export_id}",
     summary="Download an export archive (grant holder)",
+    description="The `X-Confed-Receipt` header holds the signed receipt of the download (JSON).",
     response_class=FileResponse,
 )
 def get_export(
     code: str,
-    export_id: int,
-    view: GrantView = Depends(grant_holder),
+    export_id: IdPath,
+    view: GrantView = Depends(download_holder),
     identity: Identity = Depends(swept_researcher),
     coord: Coordinator = Depends(get_coordinator),
 ) -> FileResponse:
@@ -445,20 +527,92 @@ def get_export(
         record = session.get(ExportRecord, export_id)
         if record is None or record.proposal_id != proposal.id:
             raise ConfedError("not_found", f"export {export_id} of {proposal.code} not found", 404)
-        audit.append(
-            session,
-            identity.actor,
-            "proposal.download",
-            f"proposal:{view.proposal_code}/export:{export_id}",
-            {"archive_sha256": record.archive_sha256},
-        )
-        path, digest = record.path, record.archive_sha256
+        withdrawn = sorted(set(export_sites(record.sites, record.path)) - set(view.sites))
+        if withdrawn:
+            refusal = _withdrawn(view.proposal_code, export_id, withdrawn)
+            _audit_refusal(session, identity, view.proposal_code, export_id, refusal, withdrawn)
+        else:
+            entry = audit.append(
+                session,
+                identity.actor,
+                "proposal.download",
+                f"proposal:{view.proposal_code}/export:{export_id}",
+                {"archive_sha256": record.archive_sha256},
+            )
+            path, digest = record.path, record.archive_sha256
+            receipt = coord.receipt(entry.seq, entry.entry_hash).model_dump_json()
+    if withdrawn:
+        raise refusal
     return FileResponse(
         path,
         media_type="application/x-tar",
-        headers={"X-Content-SHA256": digest},
+        headers={"X-Content-SHA256": digest, "X-Confed-Receipt": receipt},
         filename=f"{view.proposal_code}-export-{export_id}.tar",
     )
+
+
+def _record_refusal(
+    coord: Coordinator, view: GrantView, identity: Identity, proposal_id: int, request: dict, err
+) -> None:
+    with coord.db.session() as session:
+        rule = getattr(err, "rule", err.code)
+        session.add(
+            AnalysisQuery(
+                proposal_id=proposal_id,
+                actor=identity.actor,
+                request=request,
+                subjects=[],
+                outcome="refused",
+                rule=rule,
+            )
+        )
+        audit.append(
+            session,
+            identity.actor,
+            "proposal.analysis.refused",
+            f"proposal:{view.proposal_code}",
+            {"rule": rule, "request": request},
+        )
+
+
+def _release(
+    coord: Coordinator,
+    view: GrantView,
+    identity: Identity,
+    proposal_id: int,
+    request: dict,
+    outcome: tuple[dict, object, list[str]],
+    minimum: int,
+) -> AnalysisResult:
+    """Check the researcher's history (all proposals) and release, in one transaction."""
+    result, frame, keys = outcome
+    member_id = int(view.recipient["member"])
+    with coord.db.session() as session:
+        groups = history.check_and_hold(session, member_id, frame, keys, minimum)
+        query = AnalysisQuery(
+            proposal_id=proposal_id,
+            actor=identity.actor,
+            request=request,
+            subjects=sorted(frame["subject"]),
+            outcome="released",
+        )
+        session.add(query)
+        session.flush()
+        released = history.record(session, member_id, proposal_id, query.id, groups)
+        entry = audit.append(
+            session,
+            identity.actor,
+            "proposal.analysis",
+            f"proposal:{view.proposal_code}",
+            {
+                "query": query.id,
+                "request": request,
+                "n_subjects": result["n_subjects"],
+                "released_set": released.id,
+            },
+        )
+        receipt = coord.receipt(entry.seq, entry.entry_hash)
+        return AnalysisResult(query_id=query.id, result=result, receipt=receipt)
 
 
 def _run_analysis(
@@ -467,60 +621,16 @@ def _run_analysis(
     settings = _settings(coord)
     request = body.model_dump()
     with coord.db.session() as session:
-        proposal = lifecycle.get_proposal(session, view.proposal_code)
-        previous = {
-            q.id: set(q.subjects)
-            for q in session.execute(
-                select(AnalysisQuery).where(
-                    AnalysisQuery.proposal_id == proposal.id, AnalysisQuery.outcome == "released"
-                )
-            ).scalars()
-        }
-        proposal_id = proposal.id
+        proposal_id = lifecycle.get_proposal(session, view.proposal_code).id
     data = load_scoped(coord.settings.root, coord.settings.db_url, view)
+    minimum = settings.min_cell_size
     try:
-        result, subjects = run_query(
-            request, data, data.dx_labels, view.columns, settings.min_cell_size, previous
-        )
+        result, frame = run_query(request, data, data.dx_labels, view.columns, minimum, view.strata)
+        outcome = (result, frame, data.subject_keys)
+        return _release(coord, view, identity, proposal_id, request, outcome, minimum)
     except ConfedError as err:
-        with coord.db.session() as session:
-            rule = getattr(err, "rule", err.code)
-            session.add(
-                AnalysisQuery(
-                    proposal_id=proposal_id,
-                    actor=identity.actor,
-                    request=request,
-                    subjects=[],
-                    outcome="refused",
-                    rule=rule,
-                )
-            )
-            audit.append(
-                session,
-                identity.actor,
-                "proposal.analysis.refused",
-                f"proposal:{view.proposal_code}",
-                {"rule": rule, "request": request},
-            )
+        _record_refusal(coord, view, identity, proposal_id, request, err)
         raise
-    with coord.db.session() as session:
-        query = AnalysisQuery(
-            proposal_id=proposal_id,
-            actor=identity.actor,
-            request=request,
-            subjects=sorted(subjects),
-            outcome="released",
-        )
-        session.add(query)
-        session.flush()
-        audit.append(
-            session,
-            identity.actor,
-            "proposal.analysis",
-            f"proposal:{view.proposal_code}",
-            {"query": query.id, "request": request, "n_subjects": result["n_subjects"]},
-        )
-        return AnalysisResult(query_id=query.id, result=result)
 
 
 @router.post(

@@ -16,7 +16,9 @@ router = APIRouter(prefix="/register", tags=["register"], responses=ERROR_RESPON
 
 def register_entries(session) -> list[RegisterEntry]:
     rows = session.execute(
-        select(Proposal).where(Proposal.status != "draft").order_by(Proposal.id)
+        select(Proposal)
+        .where(Proposal.status != "draft")
+        .order_by(Proposal.created_at, Proposal.id)
     ).scalars()
     return [
         RegisterEntry(

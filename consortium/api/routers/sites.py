@@ -84,7 +84,7 @@ def site_status(
             session.execute(
                 select(Submission)
                 .where(Submission.site_id == site_id)
-                .order_by(Submission.id.desc())
+                .order_by(Submission.received_at.desc(), Submission.id.desc())
             )
             .scalars()
             .all()
@@ -93,7 +93,7 @@ def site_status(
             session.execute(
                 select(Upload)
                 .where(Upload.site_id == site_id)
-                .order_by(Upload.id.desc())
+                .order_by(Upload.received_at.desc(), Upload.id.desc())
                 .limit(limit)
             )
             .scalars()

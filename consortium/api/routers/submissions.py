@@ -4,30 +4,52 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from consortium import audit
 from consortium.api.deps import check_site_access, get_coordinator, require_roles
-from consortium.api.schemas import ERROR_RESPONSES, SubmissionDetail, SubmissionOut, UploadResult
+from consortium.api.schemas import (
+    ERROR_RESPONSES,
+    ErrorDetail,
+    IdPath,
+    SubmissionDetail,
+    SubmissionOut,
+    UploadRejected,
+    UploadResult,
+)
 from consortium.auth import Identity
 from consortium.coordinator import Coordinator
 from consortium.db.models import Submission, SubmissionFile
 from consortium.errors import ConfedError
-from consortium.ingest import ingest_archive, receive_upload
+from consortium.ingest import IngestResult, ingest_archive, receive_upload, record_refusal
+from consortium.receipts import capture
 
 router = APIRouter(prefix="/submissions", tags=["submissions"], responses=ERROR_RESPONSES)
 # roles that may read submissions at all: checked before any lookup, so that the
 # answer to other roles never depends on whether a submission exists
 readers = require_roles("admin", "steering", "site")
 
+REJECTED = {"model": UploadRejected}  # refusals carry a receipt of their audit entry
 UPLOAD_RESPONSES = {
     200: {"model": UploadResult, "description": "the same bundle was accepted before"},
-    400: ERROR_RESPONSES[422] | {"description": "corrupted, truncated or unsafe archive"},
+    400: ERROR_RESPONSES[422]
+    | REJECTED
+    | {"description": "corrupted, truncated or unsafe archive"},
     403: ERROR_RESPONSES[403]
+    | REJECTED
     | {"description": "bundle of another site, or signature not by the site's registered key"},
-    413: ERROR_RESPONSES[422] | {"description": "upload larger than the configured limit"},
+    413: ERROR_RESPONSES[422]
+    | REJECTED
+    | {"description": "upload larger than the configured limit"},
+    415: ERROR_RESPONSES[422]
+    | REJECTED
+    | {"description": "compressed archive: bundles are sent as an uncompressed tar"},
+    422: ERROR_RESPONSES[422] | REJECTED,
+    507: ERROR_RESPONSES[422]
+    | REJECTED
+    | {"description": "no space left on the coordinator's disk; retry later"},
 }
 
 
@@ -55,6 +77,29 @@ async def upload(
     identity: Identity = Depends(require_roles("site")),
     coord: Coordinator = Depends(get_coordinator),
 ) -> UploadResult:
+    with capture() as heads:  # (seq, hash) of the audit entries committed for this upload
+        try:
+            result = await _receive_and_ingest(request, identity, coord)
+        except ConfedError as err:
+            if not heads:
+                raise
+            rejected = UploadRejected(
+                error=ErrorDetail(code=err.code, message=err.message),
+                receipt=coord.receipt(*heads[-1]),
+            )
+            return JSONResponse(rejected.model_dump(mode="json"), err.status)
+    response.status_code = 201 if result.created else 200
+    return UploadResult(
+        created=result.created,
+        submission=SubmissionOut.model_validate(result.submission),
+        receipt=coord.receipt(*heads[-1]) if heads else None,
+    )
+
+
+async def _receive_and_ingest(
+    request: Request, identity: Identity, coord: Coordinator
+) -> IngestResult:
+    """Stream the body to a temporary file and ingest it (refusals are recorded and raised)."""
     limit = coord.settings.max_upload_bytes
     declared = request.headers.get("content-length")
     tmp = coord.store.temp_path("upload")
@@ -62,16 +107,13 @@ async def upload(
         try:
             await receive_upload(request.stream(), tmp, limit, int(declared) if declared else None)
         except ConfedError as err:
-            if err.status == 413:
-                from consortium.ingest import record_upload
-
+            if err.status in (413, 507):  # too large, or the disk filled up
                 await run_in_threadpool(
-                    record_upload,
+                    record_refusal,
                     coord,
                     identity.site_id,
                     identity.actor,
                     int(declared or 0),
-                    "rejected",
                     err,
                 )
             raise
@@ -80,14 +122,11 @@ async def upload(
         )
     finally:
         tmp.unlink(missing_ok=True)
-    response.status_code = 201 if result.created else 200
-    return UploadResult(
-        created=result.created, submission=SubmissionOut.model_validate(result.submission)
-    )
+    return result
 
 
 def _visible(identity: Identity, site_id: str | None):
-    query = select(Submission).order_by(Submission.id)
+    query = select(Submission).order_by(Submission.received_at, Submission.id)
     if identity.role == "site":
         if site_id not in (None, identity.site_id):
             check_site_access(identity, site_id)
@@ -121,7 +160,8 @@ def _load(session, identity: Identity, submission_id: int) -> Submission:
         .options(selectinload(Submission.files))
         .where(Submission.id == submission_id)
     ).scalar_one_or_none()
-    if sub is None:
+    # another site's submission gets the very answer of one that does not exist
+    if sub is None or (identity.role == "site" and sub.site_id != identity.site_id):
         raise ConfedError("not_found", f"submission {submission_id} not found", 404)
     check_site_access(identity, sub.site_id)
     return sub
@@ -129,7 +169,7 @@ def _load(session, identity: Identity, submission_id: int) -> Submission:
 
 @router.get("/{submission_id}", response_model=SubmissionDetail, summary="One submission")
 def get_submission(
-    submission_id: int,
+    submission_id: IdPath,
     identity: Identity = Depends(readers),
     coord: Coordinator = Depends(get_coordinator),
 ) -> SubmissionDetail:
@@ -145,7 +185,7 @@ def get_submission(
     response_class=FileResponse,
 )
 def get_file(
-    submission_id: int,
+    submission_id: IdPath,
     path: str,
     identity: Identity = Depends(readers),
     coord: Coordinator = Depends(get_coordinator),

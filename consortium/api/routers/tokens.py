@@ -7,7 +7,14 @@ from sqlalchemy import select
 
 from consortium import audit
 from consortium.api.deps import get_coordinator, get_identity, require_roles
-from consortium.api.schemas import ERROR_RESPONSES, IdentityOut, TokenCreate, TokenIssued, TokenOut
+from consortium.api.schemas import (
+    ERROR_RESPONSES,
+    IdentityOut,
+    IdPath,
+    TokenCreate,
+    TokenIssued,
+    TokenOut,
+)
 from consortium.auth import Identity, issue_token, revoke
 from consortium.coordinator import Coordinator
 from consortium.db.models import Token
@@ -44,7 +51,7 @@ def list_tokens(
     identity: Identity = Depends(admin), coord: Coordinator = Depends(get_coordinator)
 ) -> list[TokenOut]:
     with coord.db.session() as session:
-        rows = session.execute(select(Token).order_by(Token.id)).scalars()
+        rows = session.execute(select(Token).order_by(Token.created_at, Token.id)).scalars()
         out = [TokenOut.model_validate(t) for t in rows]
         audit.append(session, identity.actor, "token.list", "tokens", {})
         return out
@@ -52,7 +59,7 @@ def list_tokens(
 
 @router.delete("/{token_id}", response_model=TokenOut, summary="Revoke a token (admin)")
 def revoke_token(
-    token_id: int,
+    token_id: IdPath,
     identity: Identity = Depends(admin),
     coord: Coordinator = Depends(get_coordinator),
 ) -> TokenOut:

@@ -7,13 +7,13 @@ from datetime import datetime
 from sqlalchemy import JSON, ForeignKey, String, event
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from consortium.db.base import Base, UTCDateTime, utcnow
+from consortium.db.base import Base, UTCDateTime, random_id, utcnow
 
 
 class Release(Base):
     __tablename__ = "releases"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, default=random_id)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     release_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -8,13 +8,13 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from consortium.db.base import Base, UTCDateTime, utcnow
+from consortium.db.base import Base, UTCDateTime, random_id, utcnow
 
 
 class Submission(Base):
     __tablename__ = "submissions"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, default=random_id)
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
     bundle_hash: Mapped[str] = mapped_column(String(64), unique=True)
     format_version: Mapped[str] = mapped_column(String(32))
@@ -36,7 +36,7 @@ class SubmissionFile(Base):
     __tablename__ = "submission_files"
     __table_args__ = (UniqueConstraint("submission_id", "path"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, default=random_id)
     submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id"), index=True)
     path: Mapped[str] = mapped_column(String(512))
     sha256: Mapped[str] = mapped_column(ForeignKey("objects.sha256"))
@@ -49,7 +49,7 @@ class Upload(Base):
 
     __tablename__ = "uploads"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True, default=random_id)
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     size: Mapped[int] = mapped_column(BigInteger)

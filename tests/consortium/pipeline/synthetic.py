@@ -48,9 +48,16 @@ def site_tables(site: str, n_case: int, n_control: int, rng: np.random.Generator
     qc = pd.DataFrame({
         "subject_key": keys,
         "included": [True] * n + [False] * n_excluded,
-        "reason": [""] * n + ["mean FD > 0.2 mm"] * n_excluded,
+        "reason_codes": [""] * n + ["head_motion"] * n_excluded,
     })
     return subjects, qc
+
+
+def qc_reasons(qc: pd.DataFrame) -> pd.DataFrame:
+    """One ``head_motion`` reason (mean FD 0.3 mm > 0.2 mm) per excluded subject."""
+    excluded = qc.loc[~qc["included"], "subject_key"].tolist()
+    return pd.DataFrame({"subject_key": excluded, "code": "head_motion", "field": "mean_fd",
+                         "value": 0.3, "threshold": 0.2})
 
 
 def site_data(subjects: pd.DataFrame, atlas, site_index: int, effect: float,
@@ -79,12 +86,14 @@ def make_bundle(out_dir: Path, site: str, site_index: int, n_case: int = 14,
     mask = mask if mask is not None else map_mask()
     subjects, qc = site_tables(site, n_case, n_control, rng, education)
     edges, voxels = site_data(subjects, atlas, site_index, effect, rng, mask)
+    labels = dx_labels or DX_LABELS
+    subjects["dx"] = subjects["dx"].map({"MDD": labels["case"], "HC": labels["control"]})
     return write_bundle(
-        out_dir / site, site_id=site, subjects=subjects, qc=qc,
+        out_dir / site, site_id=site, subjects=subjects, qc=qc, qc_reasons=qc_reasons(qc),
         connectivity={atlas.name: edges},
         networks={atlas.name: network_summaries(edges, atlas)},
         maps={"alff": (mask, voxels)},
-        metadata={"dx_labels": dx_labels or DX_LABELS},
+        metadata={"dx_labels": labels},
         private_key=Ed25519PrivateKey.generate(),
     )
 

@@ -109,7 +109,7 @@ def test_missing_atlas_and_edge_count_name_the_site(tmp_path, synthetic_bundles)
     keys = [hashlib.sha256(f"short{i}".encode()).hexdigest() for i in range(4)]
     subjects = pd.DataFrame({"subject_key": keys, "dx": ["MDD", "HC"] * 2, "age": 30.0,
                              "sex": "F", "mean_fd": 0.1})
-    qc = pd.DataFrame({"subject_key": keys, "included": True, "reason": ""})
+    qc = pd.DataFrame({"subject_key": keys, "included": True, "reason_codes": ""})
     edges = np.zeros((4, atlas.n_edges), dtype=np.float32)
     path = write_bundle(
         tmp_path / "short", site_id="SITE_S", subjects=subjects, qc=qc,

@@ -101,21 +101,21 @@ def test_dmn_site_meta_analysis(dataset, results):
     from consortium.analysis import random_effects
 
     doc = _load(results["dmn"])
+    assert doc["dmn"]["primary"] == "combat"
+    assert doc["meta"]["outcome_harmonization"] == "none"  # per-site t needs no ComBat
     sites = pd.read_parquet(results["dmn"] / "site_effects.parquet")
     frame = _frame(dataset)
-    edges = dataset.connectivity("dosenbach160").astype(float)
-    from harmonization.combat import ComBat
-
-    y = _mean_dmn(ComBat().fit_transform(edges, frame["site"].to_numpy(),
-                                         frame[["dx", *COVARIATES]]))
+    y = dataset.network_summaries("dosenbach160")["dmn_restmeta"].to_numpy(np.float64)
     for row in sites.itertuples():
         part = frame[frame.site == row.site].assign(y=y[frame.site == row.site])
         fit = smf.ols("y ~ dx + " + " + ".join(COVARIATES), part).fit()
         n1, n2 = int((part.dx > 0).sum()), int((part.dx < 0).sum())
         m = n1 + n2 - 2
         j = special.gamma(m / 2) / (np.sqrt(m / 2) * special.gamma((m - 1) / 2))
-        assert row.yi == pytest.approx(j * fit.tvalues["dx"] * np.sqrt(1 / n1 + 1 / n2),
-                                       rel=1e-6)
+        g = j * fit.tvalues["dx"] * np.sqrt(1 / n1 + 1 / n2)
+        assert row.yi == pytest.approx(g, rel=1e-8)
+        assert row.vi == pytest.approx(1 / n1 + 1 / n2 + (1 - (m - 2) / (m * j**2)) * g**2,
+                                       rel=1e-8)
     pooled = random_effects(sites["yi"], sites["vi"], method="REML")
     assert doc["meta"]["estimate"] == pytest.approx(pooled.estimate, rel=1e-12)
     assert doc["meta"]["k"] == 3 and len(doc["meta"]["leave_one_site_out"]) == 3

@@ -136,16 +136,19 @@ def test_proposal_flow(server, abide_bundles, tmp_path):
         res = r.post(f"/proposals/{code}/analyses", json={**query, "covariates": ["age", "sex"]})
         assert res.status_code == 200, res.text
         result = res.json()["result"]
-        assert result["n_subjects"] == 49 and result["cells"]["site"] == {"KKI": 26, "STANFORD": 23}
+        # Default strata: age bands; KKI has 7 ASD subjects (one cell, below 10): suppressed.
+        assert result["n_subjects"] == 42 and result["cells"]["site"] == {"KKI": 19, "STANFORD": 23}
+        assert result["strata"]["suppressed"] == ["site=KKI, dx=ASD, age=[0, 120]"]
         assert set(result) == {
-            "analysis", "measure", "outcome", "n_subjects", "cells", "fixed_effects",
+            "analysis", "measure", "outcome", "n_subjects", "cells", "strata", "fixed_effects",
             "variance_components", "residual_variance", "converged", "formula",
         }  # fmt: skip
         small = r.post(
             f"/proposals/{code}/analyses",
             json={**query, "filters": [{"column": "sex", "op": "eq", "value": "F"}]},
         )
-        assert small.status_code == 422 and "min_cell_size" in small.json()["error"]["message"]
+        assert small.status_code == 422 and "rule strata" in small.json()["error"]["message"]
+        assert "sex is not a stratum" in small.json()["error"]["message"]
         ages = np.sort(subjects["age"].to_numpy())
         cut = ages[3] if ages[3] > ages[2] else ages[5]
         near = r.post(
@@ -153,13 +156,14 @@ def test_proposal_flow(server, abide_bundles, tmp_path):
             json={**query, "covariates": ["age", "sex"],
                   "filters": [{"column": "age", "op": "ge", "value": float(cut)}]},
         )  # fmt: skip
-        assert near.status_code == 422 and "differencing" in near.json()["error"]["message"]
+        assert near.status_code == 422 and "splits the band" in near.json()["error"]["message"]
         outside = r.post(f"/proposals/{code}/analyses", json={**query, "covariates": ["mean_fd"]})
         assert outside.status_code == 403
 
     import statsmodels.formula.api as smf
 
-    ref_data = expected.assign(case=(expected["dx"] == "ASD").astype(float))
+    analysed = expected[~((expected["site"] == "KKI") & (expected["dx"] == "ASD"))]
+    ref_data = analysed.assign(case=(analysed["dx"] == "ASD").astype(float))
     ref = smf.mixedlm("none__none ~ case + age + sex", ref_data, groups="site").fit(reml=True)
     fixed = result["fixed_effects"]
     assert abs(fixed["case"]["estimate"] - ref.params["case"]) < 1e-4 * (

@@ -3,7 +3,8 @@
 Four synthetic sites (written by the site agent's bundle writer) are uploaded to a
 coordinator process; S04 opts out of every proposal, so the grants reach S01-S03.
 S02 has 14 cases and 10 controls, one control being the youngest subject of all
-(age 5), so a filter ``age >= 6`` leaves a 9-subject site/diagnosis cell.
+(age 5); a filter ``age >= 6``, which would leave a 9-subject site/diagnosis cell, is
+refused since it splits the default age band [0, 12).
 """
 
 from __future__ import annotations
@@ -162,22 +163,24 @@ def test_remote_meta_analysis(world):
         assert refused.status_code == 422, refused.text
         error = refused.json()["error"]
         assert error["code"] == "disclosure_refused"
-        assert "refused by rule min_cell_size" in error["message"]
-    # Every site and diagnosis keeps >= 10 subjects with age >= 6; only the meta-analysis's
-    # per-site case/control cell S02/TDC (10 -> 9) is too small.
-    assert "S02/TDC has 9 subjects" in by_age.json()["error"]["message"]
+        assert "refused by rule strata" in error["message"]
+    # Filters select whole cells of the grant's strata (default: age bands) only: sex is
+    # no stratum, and age >= 6 would split the band [0, 12) (dropping S02's 5-year-old).
+    assert "sex is not a stratum" in by_sex.json()["error"]["message"]
+    assert "splits the band [0, 12)" in by_age.json()["error"]["message"]
     engine = sa.create_engine(default_sqlite_url(server.root))
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT outcome, rule FROM proposal_queries WHERE proposal_id = :p ORDER BY id"
+                "SELECT outcome, rule FROM proposal_queries WHERE proposal_id = :p "
+                "ORDER BY created_at, id"
             ),
             {"p": parse_code(code)},
         ).all()
     assert [tuple(r) for r in rows] == [
         ("released", None),
-        ("refused", "min_cell_size"),
-        ("refused", "min_cell_size"),
+        ("refused", "strata"),
+        ("refused", "strata"),
     ]
 
 

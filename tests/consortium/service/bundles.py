@@ -49,7 +49,7 @@ def synthetic_bundle(
             "mean_fd": rng.uniform(0.02, 0.2, n),
         }
     )
-    qc = pd.DataFrame({"subject_key": keys, "included": True, "reason": ""})
+    qc = pd.DataFrame({"subject_key": keys, "included": True, "reason_codes": ""})
     n_edges = n_rois * (n_rois - 1) // 2
     edges = rng.normal(0.2, 0.3, (n, n_edges)).astype(np.float32)
     networks = pd.DataFrame({"none__none": edges.mean(axis=1)})
@@ -103,3 +103,20 @@ def resign(bundle_dir: Path, private_key: Path, **changes) -> Path:
     (bundle_dir / MANIFEST).write_bytes(data)
     (bundle_dir / SIGNATURE).write_bytes(load_private_key(private_key).sign(data))
     return bundle_dir
+
+
+def forge_table(bundle_dir: Path, private_key: Path, name: str, table: pd.DataFrame) -> Path:
+    """Replace the Parquet file ``name`` after writing, update the manifest and sign again.
+
+    This is what a compromised or patched site could send: correctly signed,
+    past the site agent's own contract checks.
+    """
+    from sites.bundle import sha256_file
+
+    table.to_parquet(bundle_dir / name, index=False)
+    files = json.loads((bundle_dir / MANIFEST).read_text())["files"]
+    files[name] = {
+        "sha256": sha256_file(bundle_dir / name),
+        "size": (bundle_dir / name).stat().st_size,
+    }
+    return resign(bundle_dir, private_key, files=files)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -83,22 +82,29 @@ def test_refused_uploads(tmp_path, db_url, site_keys, small_tars, spoil):
         def nan_edge(a):
             a["edges"][3, 5] = np.nan
 
-        def inf_age(a):
-            a["subjects"].loc[2, "age"] = np.inf
+        def inf_age(s):
+            s.loc[2, "age"] = np.inf
 
-        def bad_sex(a):
-            a["subjects"].loc[1, "sex"] = "X"
+        def bad_sex(s):
+            s.loc[1, "sex"] = "X"
 
-        def dup_key(a):
-            a["subjects"].loc[1, "subject_key"] = a["subjects"].loc[0, "subject_key"]
+        def dup_key(s):
+            s.loc[1, "subject_key"] = s.loc[0, "subject_key"]
 
         assert "connectivity_toy.parquet" in _code(
             srv.upload(t1, spoil(edit=nan_edge)), 422, "bad_values"
         )
-        assert "age" in _code(srv.upload(t1, spoil(edit=inf_age)), 422, "bad_values")
-        assert "'X'" in _code(srv.upload(t1, spoil(edit=bad_sex)), 422, "bad_values")
-        # write_bundle itself refuses duplicate keys, so forge them after writing.
-        assert _duplicate_keys_refused(srv, t1, tmp_path, site_keys)
+        # write_bundle itself refuses these (the site's side of the contract), so
+        # forge them after writing.
+        for n, (change, needle) in enumerate(
+            [(inf_age, "'age'"), (bad_sex, "'sex'"), (dup_key, "'subject_key' repeats")]
+        ):
+            msg = _code(
+                srv.upload(t1, _forged_subjects(tmp_path / f"forged{n}", site_keys, change)),
+                422,
+                "contract_violation",
+            )
+            assert "subjects.parquet" in msg and needle in msg, msg
 
         # Too large: refused while streaming (no Content-Length) and up front (with one).
         big = os.urandom(3 * 1024 * 1024)
@@ -135,6 +141,7 @@ def test_refused_uploads(tmp_path, db_url, site_keys, small_tars, spoil):
             "bad_archive",
             "unsafe_archive",
             "bad_values",
+            "contract_violation",
             "too_large",
             "unsupported_format_version",
         } <= codes
@@ -160,24 +167,17 @@ def test_refused_uploads(tmp_path, db_url, site_keys, small_tars, spoil):
         srv.kill(signal.SIGTERM)
 
 
-def _duplicate_keys_refused(srv, token, tmp_path, site_keys) -> bool:
+def _forged_subjects(folder, site_keys, change):
+    """A correctly signed S01 bundle whose subjects.parquet was changed after writing."""
     import pandas as pd
 
-    from sites.bundle import sha256_file
-    from tests.consortium.service.bundles import resign, synthetic_bundle, tar_dir
+    from tests.consortium.service.bundles import forge_table, synthetic_bundle, tar_dir
 
-    b = synthetic_bundle(tmp_path / "dup" / "S01", "S01", site_keys["S01"][0], seed=7)
+    b = synthetic_bundle(folder / "S01", "S01", site_keys["S01"][0], seed=7)
     subjects = pd.read_parquet(b / "subjects.parquet")
-    subjects.loc[1, "subject_key"] = subjects.loc[0, "subject_key"]
-    subjects.to_parquet(b / "subjects.parquet", index=False)
-    files = json.loads((b / "manifest.json").read_text())["files"]
-    files["subjects.parquet"] = {
-        "sha256": sha256_file(b / "subjects.parquet"),
-        "size": (b / "subjects.parquet").stat().st_size,
-    }
-    resign(b, site_keys["S01"][0], files=files)
-    r = srv.upload(token, tar_dir(b, tmp_path / "dup.tar"))
-    return "duplicate subject_key" in _code(r, 422, "bad_values")
+    change(subjects)
+    forge_table(b, site_keys["S01"][0], "subjects.parquet", subjects)
+    return tar_dir(b, folder.with_suffix(".tar"))
 
 
 def test_twenty_concurrent_sites(server, site_keys, small_tars):

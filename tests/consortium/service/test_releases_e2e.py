@@ -93,7 +93,10 @@ def test_three_abide_sites_release(server, abide_bundles, tmp_path):
     ds2 = open_release(server.root, "abide-r2", db_url=server.db_url)
     assert key not in set(ds2.subjects["subject_key"]) and len(ds2.subjects) == len(ds.subjects) - 1
     assert ds2.connectivity("ho111").shape[0] == len(ds2.subjects)
-    assert ds2.qc.loc[ds2.qc["subject_key"] == key, "reason"].item() == "excluded by release"
+    assert ds2.qc.loc[ds2.qc["subject_key"] == key, "reason_codes"].item() == "excluded_by_release"
+    assert ds2.qc_reasons.loc[ds2.qc_reasons["subject_key"] == key, "code"].tolist() == [
+        "excluded_by_release"
+    ]
     bad = tmp_path / "bad.txt"
     bad.write_text("f" * 64 + "\n")
     res = server.cli("release", "create", "abide-r3", "--exclude-subjects", str(bad), check=False)
@@ -145,4 +148,4 @@ def test_supersession_keeps_old_versions(server, site_keys, tmp_path):
     assert again.status_code == 200 and again.json()["submission"]["id"] == first["id"]
     with server.client(token) as c:
         assert c.get("/sites/S05/status").json()["current"]["id"] == second["id"]
-        assert c.get(f"/submissions/{first['id']}/files/qc.csv").status_code == 200
+        assert c.get(f"/submissions/{first['id']}/files/qc.parquet").status_code == 200
