@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-abide test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/confed demo --out demo-output
 
+demo-abide: $(STAMP)
+	$(BIN)/confed demo --data ../shared/data/abide-pcp-ho111 --out demo-abide
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
@@ -21,4 +24,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check sites harmonization consortium tests benchmarks
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output demo-abide .pytest_cache

@@ -78,6 +78,7 @@ def make_bundle(folder: Path, site: str, n: int, with_map: bool, seed: int) -> t
         networks={"dosenbach160": network_summaries(edges, atlas)},
         maps=maps,
         metadata={"dx_labels": {"case": "MDD", "control": "HC"}},
+        atlases={"dosenbach160": atlas},
         private_key=load_private_key(private),
     )
     return export_bundle(bundle, folder / f"{site}.tar"), public
@@ -182,17 +183,25 @@ def bench_single(tmp: Path, n: int) -> None:
         f"   ours ingest_archive (in process):         {t_ours:7.2f} s  "
         f"({size_mb / t_ours:.0f} MB/s)  ratio ours/reference = {t_ours / t_ref:.2f}"
     )
-    coord = new_root(tmp / "root-http")
-    token = register(coord, "BIG", public)
-    coord.close()
-    server = Server(tmp / "root-http")
-    try:
-        t_http = server.upload(token, tar)
-    finally:
-        server.stop()
+    # A server runs for months: warm it up with a small upload of another site, as
+    # the in-process figure is the warm one of two runs.
+    warm_tar, warm_public = make_bundle(tmp, "WARM", 20, with_map=True, seed=2)
+    http_times = []
+    for i in range(2):  # best of two, each into a fresh root, as in process
+        coord = new_root(tmp / f"root-http{i}")
+        token = register(coord, "BIG", public)
+        warm_token = register(coord, "WARM", warm_public)
+        coord.close()
+        server = Server(tmp / f"root-http{i}")
+        try:
+            server.upload(warm_token, warm_tar)
+            http_times.append(server.upload(token, tar))
+        finally:
+            server.stop()
+    t_http = min(http_times)
     print(
         f"   ours over HTTP to a real server:           {t_http:7.2f} s  "
-        f"ratio HTTP/reference = {t_http / t_ref:.2f}"
+        f"ratio HTTP/reference = {t_http / t_ref:.2f}, HTTP/in process = {t_http / t_ours:.2f}"
     )
 
 

@@ -12,6 +12,7 @@ See ``docs/developer/contracts.md`` for the names other packages rely on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Any
 
 import dask
@@ -102,6 +103,52 @@ class Dataset:
             common = names if common is None else common & names
         return sorted(common or ())
 
+    def atlas_hashes(self, atlas: str) -> dict[str, str | None]:
+        """Site id -> SHA-256 of the definition of ``atlas`` its bundle carries (None: none)."""
+        return {b.site_id: _atlas_sha256(b, atlas) for b in self._bundles}
+
+    def atlas(self, name: str):
+        """The definition of atlas ``name`` the release's bundles carry.
+
+        Returns
+        -------
+        sites.atlas.Atlas
+
+        Raises
+        ------
+        DatasetError
+            A bundle has no such atlas or no definition of it, or two sites'
+            definitions differ (naming both sites and hashes).
+        """
+        name = self.resolve_atlas(name)
+        hashes = self.atlas_hashes(name)
+        _check_same_atlas(name, hashes)
+        bundle = self._bundles[0]
+        try:
+            return bundle.atlas(name)
+        except (BundleError, AttributeError, ValueError) as exc:
+            raise DatasetError(f"site {bundle.site_id!r}: atlas {name!r}: {exc}") from exc
+
+    def resolve_atlas(self, name: str | None) -> str:
+        """The atlas an analysis uses: ``name``, or the release's only atlas.
+
+        A path (``atlases/aal116.tsv``) names the atlas of its stem (``aal116``).
+        """
+        names = self.atlases
+        if name is None or name == "":
+            if len(names) != 1:
+                raise DatasetError(
+                    f"the release holds the atlases {names}; name one with --atlas"
+                    if names
+                    else "the release holds no connectivity atlas"
+                )
+            return names[0]
+        if ("/" in name or name.endswith(".tsv")) and name not in names:
+            name = PurePath(name).stem
+        if name not in names:
+            raise DatasetError(f"unknown atlas {name!r}: the release holds the atlases {names}")
+        return name
+
     @property
     def map_names(self) -> list[str]:
         """Map metrics present in every bundle."""
@@ -113,6 +160,7 @@ class Dataset:
 
     def connectivity(self, atlas: str) -> np.ndarray:
         """Subjects x edges float32 Fisher-z connectivity for ``atlas``."""
+        _check_same_atlas(atlas, self.atlas_hashes(atlas), require=False)
         blocks = []
         n_edges = None
         first = None
@@ -136,6 +184,7 @@ class Dataset:
 
     def network_summaries(self, atlas: str) -> pd.DataFrame:
         """Subjects x network-pair means, index aligned with :attr:`subjects`."""
+        _check_same_atlas(atlas, self.atlas_hashes(atlas), require=False)
         frames = []
         columns = None
         first = None
@@ -230,6 +279,32 @@ def _manifest_atlases(bundle: Any) -> list[str]:
     if isinstance(atlases, dict):
         return list(atlases)
     return [a["name"] if isinstance(a, dict) else str(a) for a in atlases]
+
+
+def _atlas_sha256(bundle: Any, atlas: str) -> str | None:
+    reader = getattr(bundle, "atlas_sha256", None)
+    return reader(atlas) if callable(reader) else None
+
+
+def _check_same_atlas(name: str, hashes: dict[str, str | None], require: bool = True) -> None:
+    """All sites carry the same definition of atlas ``name`` (``require``: every site has one)."""
+    missing = [site for site, digest in hashes.items() if digest is None]
+    if missing and require:
+        raise DatasetError(
+            f"site {missing[0]!r}: the bundle carries no definition of atlas {name!r} "
+            "(made by an older site agent; the site must recompute and resubmit)"
+        )
+    hashes = {site: digest for site, digest in hashes.items() if digest is not None}
+    if not hashes:
+        return
+    first_site, first = next(iter(hashes.items()))
+    for site, digest in hashes.items():
+        if digest != first:
+            raise DatasetError(
+                f"atlas {name!r} differs between sites: site {first_site!r} has definition "
+                f"{first} and site {site!r} has {digest}; every site must use the same "
+                "atlas TSV"
+            )
 
 
 def _check_unique_sites(sites: list[str]) -> None:

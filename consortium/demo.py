@@ -520,7 +520,8 @@ def run_demo(
             sites, sim = _simulate(out, n_sites, subjects_scale, effect_size, seed, jobs, stages)
         else:
             with stages.stage("describe real site folders"):
-                sites = _real_sites(Path(data), out, real or RealDataOptions())
+                data = Path(data).expanduser().resolve()  # relative to the caller's folder
+                sites = _real_sites(data, out, real or RealDataOptions())
         with CoordinatorServer(root, logs / "coord-serve.log") as server:
             with stages.stage(
                 "site keys, coordinator start, registration", total=len(sites)
@@ -535,7 +536,7 @@ def run_demo(
                 for site in sites:
                     _register(site, server.url, admin)
                     advance()
-            _sites_run(sites, server.url, logs, jobs, stages)
+            summary["sites_without_bundle"] = _sites_run(sites, server.url, logs, jobs, stages)
             with stages.stage("create release"):
                 release = _api(
                     "POST",
@@ -562,10 +563,19 @@ def run_demo(
     return DemoResult(out=out, report=report, summary=summary)
 
 
-def _sites_run(sites: list[DemoSite], url: str, logs: Path, jobs: int, stages: _Stages) -> None:
-    """Every site computes its bundle and submits it, each in its own process."""
+#: Printed by a site process whose subjects all failed QC (it submits nothing).
+NOTHING_SUBMITTED = "no subject passed QC: nothing submitted"
+
+
+def _sites_run(
+    sites: list[DemoSite], url: str, logs: Path, jobs: int, stages: _Stages
+) -> list[str]:
+    """Every site computes its bundle and submits it, each in its own process.
+
+    Returns the sites that submitted nothing because no subject passed QC.
+    """
     with stages.stage("sites compute and submit", total=len(sites)) as advance:
-        _run_all(
+        outputs = _run_all(
             [
                 (
                     s.site_id,
@@ -588,6 +598,7 @@ def _sites_run(sites: list[DemoSite], url: str, logs: Path, jobs: int, stages: _
             jobs,
             advance,
         )
+    return sorted(site for site, text in outputs.items() if NOTHING_SUBMITTED in text)
 
 
 def site_main(config: str, bundle: str, url: str, token_file: str) -> int:
@@ -598,9 +609,14 @@ def site_main(config: str, bundle: str, url: str, token_file: str) -> int:
         ["site", "compute", "--config", config, "--out", bundle, "--quiet"],
         ["site", "submit", bundle, "--config", config, "--url", url, "--token-file", token_file],
     )
+    from sites.cli import EXIT_TOO_FEW_INCLUDED
+
     for args in steps:
         print(f"$ confed {' '.join(args)}", flush=True)
         code = app(args, standalone_mode=False)
+        if code == EXIT_TOO_FEW_INCLUDED and args[1] == "compute":
+            print(NOTHING_SUBMITTED, flush=True)
+            return 0
         if code:
             return int(code)
     return 0
@@ -699,6 +715,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['subjects_in_site_files']}, QC exclusions: {summary['qc_excluded']}, "
         f"analysed: {a['n']} ({a['n_case']} cases, {a['n_control']} controls)",
     ]
+    if summary.get("sites_without_bundle"):
+        lines.append(
+            "sites with no subject passing QC (nothing submitted): "
+            + ", ".join(summary["sites_without_bundle"])
+        )
     if "dmn" in summary:
         planted = summary.get("planted_d")
         if planted is not None:

@@ -25,13 +25,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
+import queue
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +51,7 @@ from consortium.db.models import Site, StoredObject, Submission, SubmissionFile,
 from consortium.errors import ConfedError
 from consortium.store import StagedObject
 from sites import contract
-from sites.archive import ArchiveError, read_archive_manifest, unpack_archive
+from sites.archive import ArchiveError, read_archive_manifest, unpack_archive, unpack_stream
 from sites.bundle import (
     MANIFEST,
     SIGNATURE,
@@ -103,96 +105,138 @@ def disk_full_error(exc: BaseException, what: str) -> ConfedError:
     )
 
 
-class _BatchWriter:
-    """Writes chunks to a file in a worker thread, one batch in flight at a time.
+class ChunkPipe(io.RawIOBase):
+    """Bytes handed from the event loop to one reading thread, through a bounded queue.
 
-    The event loop keeps receiving the next batch while the previous one is
-    written, and never blocks on the disk.
+    The event loop :meth:`feed` s batches (in an executor, since a full queue
+    blocks) and calls :meth:`end`; the thread reads the pipe as a file. Once the
+    reader is gone (:meth:`reader_finished`), feeding stops at once instead of
+    waiting for a reader that will never come.
     """
 
-    def __init__(self, fh) -> None:
-        self._fh = fh
-        self._batch: list[bytes] = []
-        self._pending = 0
-        self._writing: asyncio.Future | None = None
+    def __init__(self, max_batches: int = 16) -> None:
+        super().__init__()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(max_batches)
+        self._current = memoryview(b"")
+        self._reader_gone = threading.Event()
+        self._aborted = threading.Event()
+        self._eof = False
 
-    async def add(self, chunk: bytes) -> None:
-        self._batch.append(chunk)
-        self._pending += len(chunk)
-        if self._pending >= WRITE_BATCH:
-            await self._flush()
+    def readable(self) -> bool:
+        return True
 
-    async def _flush(self) -> None:
-        await self.wait()
-        batch, self._batch, self._pending = self._batch, [], 0
-        loop = asyncio.get_running_loop()
-        self._writing = loop.run_in_executor(None, self._fh.writelines, batch)
+    def readinto(self, buffer) -> int:
+        while not self._current:
+            if self._eof:
+                return 0
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                self._eof = self._aborted.is_set()
+                continue
+            if item is None:
+                self._eof = True
+                return 0
+            self._current = memoryview(item)
+        n = min(len(buffer), len(self._current))
+        buffer[:n] = self._current[:n]
+        self._current = self._current[n:]
+        return n
 
-    async def wait(self) -> None:
-        """Wait for the write in flight (raising its error, if any)."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            await writing
+    def feed(self, data: bytes | None) -> None:
+        while not self._reader_gone.is_set():
+            try:
+                self._queue.put(data, timeout=0.05)
+                return
+            except queue.Full:
+                continue
 
-    async def close(self) -> None:
-        await self._flush()
-        await self.wait()
+    def end(self) -> None:
+        self.feed(None)
 
-    async def abandon(self) -> None:
-        """After an error: let the write in flight end before the file is closed."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            await asyncio.wait([writing])
-            if not writing.cancelled():
-                writing.exception()  # retrieved: the error being raised is the one to report
+    def reader_finished(self) -> None:
+        self._reader_gone.set()
+
+    def abort(self) -> None:
+        """End the stream now: the reader sees end of data after what it holds."""
+        self._aborted.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:  # the reader took nothing and a feeder raced us: it ends anyway
+            pass
 
 
-async def receive_upload(
-    chunks: AsyncIterator[bytes], dest: Path, limit: int, declared: int | None = None
-) -> int:
-    """Write an upload stream to ``dest``; refuse it (413) as soon as it exceeds ``limit``.
+def _unpack_from(pipe: ChunkPipe, dest: Path, name: str) -> Path:
+    try:
+        return unpack_stream(pipe, dest, name)
+    finally:
+        pipe.reader_finished()
 
-    Chunks are gathered into batches of :data:`WRITE_BATCH` bytes that a worker
-    thread writes while the next batch is received, so the event loop keeps
-    serving other requests.
+
+async def receive_and_unpack(
+    chunks: AsyncIterator[bytes], dest: Path, limit: int, declared: int | None, name: str
+) -> tuple[Path, int]:
+    """Unpack an upload stream into ``dest`` while it is received.
+
+    A worker thread unpacks the archive (:func:`sites.archive.unpack_stream`)
+    from batches of :data:`WRITE_BATCH` bytes that the event loop hands over as
+    they arrive, so the archive is never stored whole, the event loop never
+    waits for the disk, and a refusal (a compressed archive, too many members)
+    stops the upload at once.
+
+    Returns
+    -------
+    (Path, int)
+        The bundle root and the number of bytes received.
 
     Raises
     ------
     ConfedError
-        413 beyond ``limit``, 400 for an empty body, 507 when the disk is full.
+        413 beyond ``limit``, 400 for an empty body or a refused archive (with
+        its own code), 507 when the disk is full.
     """
     if declared is not None and declared > limit:
         raise _rejected(
             "too_large", f"upload of {declared} bytes exceeds the limit of {limit} bytes", 413
         )
+    loop = asyncio.get_running_loop()
+    pipe = ChunkPipe()
+    reader = loop.run_in_executor(None, _unpack_from, pipe, dest, name)
     size = 0
     try:
-        with open(dest, "wb") as fh:
-            writer = _BatchWriter(fh)
-            try:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise _rejected(
-                            "too_large", f"upload exceeds the limit of {limit} bytes", 413
-                        )
-                    await writer.add(chunk)
-                await writer.close()
-            except BaseException:
-                await writer.abandon()
-                raise
+        batch: list[bytes] = []
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise _rejected("too_large", f"upload exceeds the limit of {limit} bytes", 413)
+            batch.append(chunk)
+            if sum(map(len, batch)) >= WRITE_BATCH:
+                if reader.done():
+                    break  # refused already: no need to receive the rest
+                await loop.run_in_executor(None, pipe.feed, b"".join(batch))
+                batch = []
+        if size == 0:
+            raise _rejected("empty_upload", "the upload is empty", 400)
+        if batch:
+            await loop.run_in_executor(None, pipe.feed, b"".join(batch))
+        await loop.run_in_executor(None, pipe.end)
+        return await reader, size
+    except ArchiveError as exc:
+        raise _archive_refusal(exc) from exc
     except OSError as exc:
-        dest.unlink(missing_ok=True)
         if is_disk_full(exc):
-            raise disk_full_error(exc, "receiving the upload") from exc
+            raise disk_full_error(exc, "receiving and unpacking the upload") from exc
         raise
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
-    if size == 0:
-        dest.unlink(missing_ok=True)
-        raise _rejected("empty_upload", "the upload is empty", 400)
-    return size
+    finally:
+        pipe.abort()
+        await asyncio.wait([reader])
+        if not reader.cancelled():
+            reader.exception()  # retrieved; the error raised above is the one to report
 
 
 # --------------------------------------------------------------------------- tar extraction
@@ -307,9 +351,20 @@ def _check_contract(bundle) -> None:
                 f"{name}: columns {columns[:5]} are not ['subject_key', 'edges']"
             )
         contract.check_network_table(bundle.network_summaries(atlas), f"networks_{atlas}.parquet")
+        _check_atlas_table(bundle, atlas)
     unknown = sorted(f for f in bundle.files if f.endswith(".parquet") and f not in expected)
     if unknown:
         raise contract.ContractError(f"{unknown[0]}: not a table of the bundle format")
+
+
+def _check_atlas_table(bundle, atlas: str) -> None:
+    """The bundle carries the atlas definition its manifest pins, valid by the contract."""
+    from sites.bundle import BundleError
+
+    try:
+        bundle.atlas_table(atlas)
+    except BundleError as exc:
+        raise contract.ContractError(str(exc)) from exc
 
 
 def check_values(bundle) -> dict[str, int]:
@@ -327,6 +382,12 @@ def check_values(bundle) -> dict[str, int]:
     except contract.ContractError as exc:
         raise _rejected("contract_violation", str(exc)) from exc
     subjects: pd.DataFrame = bundle.subjects
+    if len(subjects) == 0:
+        raise _rejected(
+            "no_subjects",
+            f"site {bundle.manifest.get('site_id')}: the bundle has 0 included subjects "
+            "(subjects.parquet is empty); every subject was excluded by QC at the site",
+        )
     labels = bundle.manifest["dx_labels"]
     key_list = subjects["subject_key"].astype(str).tolist()
     for atlas in sorted(bundle.manifest.get("connectivity", {})):
@@ -570,15 +631,50 @@ def ingest_archive(
         after the temporary files are removed.
     """
     name = name or tar_path.name
-    size = tar_path.stat().st_size
+    workdir = coord.store.temp_path("ingest")
+
+    def unpack() -> Path:
+        workdir.mkdir()
+        return safe_extract(tar_path, workdir, coord.settings.max_upload_bytes, name)
+
+    return _ingest_recorded(coord, unpack, workdir, site_id, actor, name, tar_path.stat().st_size)
+
+
+def ingest_unpacked(
+    coord: Coordinator,
+    bundle_dir: Path,
+    workdir: Path,
+    site_id: str,
+    actor: str,
+    name: str,
+    size: int,
+) -> IngestResult:
+    """:func:`ingest_archive` for a bundle already unpacked under ``workdir`` (in ``tmp/``).
+
+    Used by the upload route, which unpacks the archive while it is received
+    (:func:`receive_and_unpack`). ``workdir`` is removed.
+    """
+    return _ingest_recorded(coord, lambda: bundle_dir, workdir, site_id, actor, name, size)
+
+
+def _ingest_recorded(
+    coord: Coordinator,
+    unpack: Callable[[], Path],
+    workdir: Path,
+    site_id: str,
+    actor: str,
+    name: str,
+    size: int,
+) -> IngestResult:
     flush_pending(coord)
     with coord.db.session() as session:
         site = session.get(Site, site_id)
         if site is None:
+            shutil.rmtree(workdir, ignore_errors=True)
             raise ConfedError("not_found", f"site {site_id} not found", 404)
         session.expunge(site)
     try:
-        return _ingest(coord, tar_path, site, actor, name, size)
+        return _ingest(coord, unpack, workdir, site, actor, name, size)
     except _Duplicate as dup:
         with coord.db.session() as session:
             sub = session.get(Submission, dup.submission_id)
@@ -599,14 +695,18 @@ def ingest_archive(
 
 
 def _ingest(
-    coord: Coordinator, tar_path: Path, site: Site, actor: str, name: str, size: int
+    coord: Coordinator,
+    unpack: Callable[[], Path],
+    workdir: Path,
+    site: Site,
+    actor: str,
+    name: str,
+    size: int,
 ) -> IngestResult:
     """The checks and the storage; temporary files are gone when this returns or raises."""
     staged: list[StagedObject] = []
-    workdir = coord.store.temp_path("ingest")
     try:
-        workdir.mkdir()
-        bundle_dir = safe_extract(tar_path, workdir, coord.settings.max_upload_bytes, name)
+        bundle_dir = unpack()
         manifest_bytes, manifest = _check_identity(bundle_dir, site)
         bundle_hash = hashlib.sha256(manifest_bytes).hexdigest()
         try:

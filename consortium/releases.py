@@ -81,6 +81,7 @@ def create_release(
             f"excluded subject(s) not in any released submission: {', '.join(unknown[:5])}",
             422,
         )
+    atlases = check_atlases(members)
     digest = release_hash([(s.site_id, s.bundle_hash) for s in members], excluded)
     release = Release(name=name, release_hash=digest, created_by=actor, excluded_subjects=excluded)
     session.add(release)
@@ -104,10 +105,48 @@ def create_release(
             "release_hash": digest,
             "submissions": {s.site_id: s.bundle_hash for s in members},
             "n_excluded": len(excluded),
+            "atlases": atlases,
         },
     )
     session.refresh(release)
     return release
+
+
+def submission_atlases(submission: Submission) -> dict[str, str]:
+    """Atlas name -> SHA-256 of the atlas table (``atlases/<name>.tsv``) a submission carries."""
+    return {
+        f.path[len("atlases/") : -len(".tsv")]: f.sha256
+        for f in submission.files
+        if f.path.startswith("atlases/") and f.path.endswith(".tsv")
+    }
+
+
+def check_atlases(members: Sequence[Submission]) -> dict[str, str]:
+    """Pin one definition per atlas name; refuse sites whose definitions differ.
+
+    Returns
+    -------
+    dict
+        Atlas name -> SHA-256 of its table, for the audit record.
+
+    Raises
+    ------
+    ConfedError
+        ``atlas_mismatch`` (422) naming the atlas, both sites and both hashes.
+    """
+    pinned: dict[str, tuple[str, str]] = {}
+    for submission in members:
+        for name, digest in sorted(submission_atlases(submission).items()):
+            site, first = pinned.setdefault(name, (submission.site_id, digest))
+            if digest != first:
+                raise ConfedError(
+                    "atlas_mismatch",
+                    f"atlas {name!r} differs between sites: site {site} has definition "
+                    f"{first} and site {submission.site_id} has {digest}; the sites must "
+                    "use the same atlas TSV (same name, same content) and resubmit",
+                    422,
+                )
+    return {name: digest for name, (_, digest) in sorted(pinned.items())}
 
 
 def list_releases(session: Session) -> list[Release]:

@@ -1,8 +1,9 @@
 """The site agent: from a site's local derivatives to a signed bundle.
 
 :func:`compute` reads the phenotype table, every subject's ROI time series
-(or BOLD image), head motion and voxel maps as the site config describes,
-applies quality control, pseudonymizes, and writes the bundle atomically.
+(or BOLD image, or precomputed connectivity matrix: :mod:`sites.matrices`),
+head motion and voxel maps as the site config describes, applies quality
+control, pseudonymizes, and writes the bundle atomically.
 Problems that concern one subject's data quality become recorded QC
 exclusions; problems that mean the site's files or config are wrong (an
 unreadable file, a wrong column count, a time series file of a subject absent
@@ -33,14 +34,17 @@ from sites.connectivity import fisher_z_connectivity, network_summaries
 from sites.extraction import extract_labels, extract_spheres
 from sites.keys import load_private_key
 from sites.maps import standardized_maps
+from sites.matrices import MatrixError, StackedMatrices, matrix_edges, read_matrix, read_stacked
 from sites.motion import mean_fd, mean_fd_from_confounds, read_realignment
-from sites.phenotypes import Phenotypes, load_phenotypes
+from sites.phenotypes import Phenotypes, check_code_maps, load_phenotypes
 from sites.pseudonym import load_secret, subject_key
 from sites.qc import (
     Reason,
     local_log_path,
     phenotype_problems,
     qc_tables,
+    rules_note,
+    rules_run,
     timeseries_problems,
     write_local_log,
 )
@@ -53,11 +57,17 @@ class AgentError(ValueError):
     """A site input that stops the computation (message names file and subject)."""
 
 
+class TooFewIncluded(AgentError):
+    """Fewer subjects than ``[qc] min_included`` passed QC: no bundle is written."""
+
+
 @dataclass
 class _Source:
     config: ConnectivityConfig
     atlas: Atlas
     edges: dict[str, np.ndarray] = field(default_factory=dict)
+    stack: StackedMatrices | None = None  # source = "matrix" with a subject_list
+    kinds: dict[str, str] = field(default_factory=dict)  # matrix kind -> first file seen
 
 
 def software_version() -> str:
@@ -134,6 +144,34 @@ def _check_config(config: SiteConfig, phen: Phenotypes) -> None:
         raise ConfigError("motion.source = 'phenotype' but no column is mapped to 'mean_fd'")
 
 
+def check_out_dir(out_dir: Path, overwrite: bool) -> bool:
+    """Refuse an existing, non-empty output folder unless ``overwrite``.
+
+    Returns whether the folder exists (empty, or to be replaced), so the
+    writer may replace it.
+    """
+    if not out_dir.exists():
+        return False
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir}: exists and is not a folder; choose another --out")
+    if any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out_dir}: already exists and is not empty; choose another --out, or pass "
+            "--overwrite to replace it"
+        )
+    return True
+
+
+def _check_included(config: SiteConfig, included: list[str]) -> None:
+    minimum = config.qc.min_included
+    if len(included) < minimum:
+        raise TooFewIncluded(
+            f"site {config.site_id}: {len(included)} subject(s) included after QC, fewer than "
+            f"[qc] min_included = {minimum}; no bundle written (see the QC reasons above "
+            "or run with fewer exclusions)"
+        )
+
+
 def _select(phen: Phenotypes, subjects: list[str] | None, path: Path) -> pd.DataFrame:
     if subjects is None:
         return phen.table
@@ -174,19 +212,26 @@ def compute(
         written next to it, at :func:`sites.qc.local_log_path` of the bundle.
     """
     out_dir = Path(out_dir)
-    private_key = load_private_key(config.resolve(config.keys.private_key))
-    secret = load_secret(config.resolve(config.keys.secret))
+    replace = check_out_dir(out_dir, overwrite)
+    private_key = load_private_key(config.resolve_key(config.keys.private_key))
+    secret = load_secret(config.resolve_key(config.keys.secret))
     table_path = config.resolve(config.phenotypes.path)
     phen = load_phenotypes(config.phenotypes, table_path)
     _check_config(config, phen)
+    if not config.phenotypes.accept_unmapped_codes:
+        groups = (config.phenotypes.dx_case, config.phenotypes.dx_control)
+        check_code_maps(phen, groups, table_path)
     table = _select(phen, subjects, table_path)
     ids = table.index.tolist()
     sources = [_Source(c, _load_atlas(config, c.atlas)) for c in config.connectivity]
     if len({s.atlas.name for s in sources}) != len(sources):
         raise ConfigError("two connectivity entries use the same atlas name")
+    for source in sources:
+        _load_stack(config, source, set(ids) if subjects is None else None, table_path)
     if subjects is None:
         for source in sources:
-            _check_reverse(config, source.config.pattern, set(ids), table_path)
+            if source.stack is None:
+                _check_reverse(config, source.config.pattern, set(ids), table_path)
 
     reasons = {s: list(phen.problems.get(s, [])) for s in ids}
     fds = np.full(len(ids), np.nan)
@@ -202,6 +247,7 @@ def compute(
                     text = f"missing {m.metric} map: expected {path}"
                     reasons[subject].append(Reason("missing_map", m.metric, detail=text))
         included = [s for s in ids if not reasons[s]]
+        _check_included(config, included)
         maps = {}
         for m in config.maps:
             task = bars.add_task(f"map {m.metric}", total=1)
@@ -237,9 +283,11 @@ def compute(
         maps=maps,
         metadata=_metadata(config, sources),
         private_key=private_key,
-        overwrite=overwrite,
+        overwrite=replace,
+        atlases={s.atlas.name: s.atlas for s in sources},
     )
-    write_local_log(local_log_path(bundle), ids, keys, [reasons[s] for s in ids])
+    note = rules_note({s.atlas.name: s.config.source for s in sources})
+    write_local_log(local_log_path(bundle), ids, keys, [reasons[s] for s in ids], note)
     return bundle
 
 
@@ -260,6 +308,9 @@ def _process_subject(
     age = float(table.at[subject, "age"])
     reasons.extend(phenotype_problems(age, fd, config.qc, config.motion.source != "none"))
     for source in sources:
+        if source.config.source == "matrix":
+            _matrix_subject(config, source, subject, reasons)
+            continue
         path = _subject_path(config, source.config.pattern, subject)
         if not path.exists():
             text = f"missing time series ({source.atlas.name}): expected {path}"
@@ -282,6 +333,84 @@ def _process_subject(
     return fd
 
 
+def _load_stack(
+    config: SiteConfig, source: _Source, subjects: set[str] | None, table: Path
+) -> None:
+    """Read a stacked matrix file; every listed subject must be in the table."""
+    cfg = source.config
+    if cfg.source != "matrix" or cfg.subject_list is None:
+        return
+    try:
+        source.stack = read_stacked(
+            config.resolve(cfg.pattern), config.resolve(cfg.subject_list), cfg.subject_column
+        )
+    except MatrixError as exc:
+        raise AgentError(str(exc)) from exc
+    unknown = [s for s in source.stack.index if subjects is not None and s not in subjects]
+    if unknown:
+        raise AgentError(
+            f"{source.stack.subject_list}: subject '{unknown[0]}' has a matrix in "
+            f"{source.stack.path} but no row in {table}"
+        )
+
+
+def _subject_matrix(
+    config: SiteConfig, source: _Source, subject: str
+) -> tuple[np.ndarray | None, str]:
+    """One subject's matrix (None when absent) and where it is, for messages."""
+    stack = source.stack
+    if stack is not None:
+        if subject not in stack.index:
+            return None, f"not listed in {stack.subject_list}"
+        return stack.matrices[stack.index[subject]], stack.where(subject)
+    path = _subject_path(config, source.config.pattern, subject)
+    if not path.exists():
+        return None, f"expected {path}"
+    return read_matrix(path, source.config.kind), str(path)
+
+
+def _matrix_subject(
+    config: SiteConfig, source: _Source, subject: str, reasons: list[Reason]
+) -> None:
+    """Check one subject's precomputed matrix; keep its edges or append a QC reason."""
+    name = source.atlas.name
+    try:
+        matrix, where = _subject_matrix(config, source, subject)
+        if matrix is None:
+            text = f"missing connectivity matrix ({name}): {where}"
+            reasons.append(Reason("missing_timeseries", name, detail=text))
+            return
+        edges, kind = matrix_edges(
+            matrix,
+            source.atlas.n_rois,
+            kind=source.config.kind,
+            columns=source.config.columns,
+            where=where,
+        )
+    except MatrixError as exc:
+        raise AgentError(f"subject '{subject}': {exc}") from exc
+    source.kinds.setdefault(kind, where)
+    if len(source.kinds) > 1:
+        other = next(k for k in source.kinds if k != kind)
+        raise AgentError(
+            f"subject '{subject}': {where} looks like {kind} but {source.kinds[other]} "
+            f'looked like {other}; set kind = "fisher_z" or "correlation" in '
+            f"[[connectivity]] atlas = {source.config.atlas!r}"
+        )
+    if not np.isfinite(edges).all():
+        text = f"non-finite connectivity ({name}; {where})"
+        reasons.append(Reason("non_finite_connectivity", name, detail=text))
+        return
+    source.edges[subject] = edges
+
+
+def _matrix_kind(source: _Source) -> str | None:
+    """Declared or guessed kind of a matrix source's files (None for other inputs)."""
+    if source.config.source != "matrix":
+        return None
+    return source.config.kind or next(iter(source.kinds), None)
+
+
 def _metadata(config: SiteConfig, sources: list[_Source]) -> dict:
     return {
         "software": {"name": "confed", "version": software_version()},
@@ -294,12 +423,16 @@ def _metadata(config: SiteConfig, sources: list[_Source]) -> dict:
                 "source": s.config.source,
                 "columns": s.config.columns,
                 "radius_mm": s.config.radius_mm if s.config.source == "bold" else None,
+                "matrix_kind": _matrix_kind(s),
                 "measure": "fisher_z_pearson_upper_triangle",
             }
             for s in sources
         },
         "motion": {"source": config.motion.source, "fd_definition": config.motion.definition},
-        "qc_rules": config.qc.model_dump(),
+        "qc_rules": {
+            **config.qc.model_dump(),
+            **rules_run({s.atlas.name: s.config.source for s in sources}, bool(config.maps)),
+        },
         "maps": {
             m.metric: {
                 "method": m.method,

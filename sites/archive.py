@@ -22,9 +22,12 @@ Every check runs on the headers before a byte is unpacked.
 
 from __future__ import annotations
 
+import io
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from sites import contract
 from sites.bundle import MANIFEST, SIGNATURE, SIGNER, BundleError
@@ -71,7 +74,10 @@ class ArchivePlan:
 
 def _check_compression(path: Path, name: str) -> None:
     with open(path, "rb") as fh:
-        head = fh.read(8)
+        _refuse_compressed(fh.read(8), name)
+
+
+def _refuse_compressed(head: bytes, name: str) -> None:
     for magic, kind in COMPRESSED_MAGIC:
         if head.startswith(magic):
             raise ArchiveError(
@@ -101,6 +107,17 @@ def _check_member(info: tarfile.TarInfo, name: str, end: int) -> PurePosixPath:
     return pure
 
 
+def _check_count(n_before: int, name: str) -> None:
+    """Refuse the archive at its member number ``MAX_BUNDLE_FILES + 1``."""
+    if n_before >= contract.MAX_BUNDLE_FILES:
+        raise ArchiveError(
+            f"{name}: more than {contract.MAX_BUNDLE_FILES} members; a bundle holds a "
+            "few dozen files",
+            "too_many_files",
+            413,
+        )
+
+
 def _read_headers(archive: tarfile.TarFile, name: str, end: int) -> list[tarfile.TarInfo]:
     """Member headers one at a time, refusing the archive at the first bad one."""
     members: list[tarfile.TarInfo] = []
@@ -111,13 +128,7 @@ def _read_headers(archive: tarfile.TarFile, name: str, end: int) -> list[tarfile
             raise ArchiveError(f"{name}: corrupted or truncated tar archive ({exc})") from exc
         if info is None:
             break
-        if len(members) >= contract.MAX_BUNDLE_FILES:
-            raise ArchiveError(
-                f"{name}: more than {contract.MAX_BUNDLE_FILES} members; a bundle holds a "
-                "few dozen files",
-                "too_many_files",
-                413,
-            )
+        _check_count(len(members), name)
         _check_member(info, name, end)
         members.append(info)
     _check_end(archive, name, end)
@@ -179,7 +190,7 @@ def _relative(info: tarfile.TarInfo, prefix: tuple, name: str) -> str | None:
         raise ArchiveError(str(exc), "unsafe_archive") from exc
 
 
-def _read_manifest(archive: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> bytes:
+def _check_manifest_size(info: tarfile.TarInfo, name: str) -> None:
     if info.size > contract.MAX_MANIFEST_BYTES:
         raise ArchiveError(
             f"{name}: {MANIFEST} has {info.size} bytes, more than the limit of "
@@ -187,6 +198,10 @@ def _read_manifest(archive: tarfile.TarFile, info: tarfile.TarInfo, name: str) -
             "bad_bundle",
             422,
         )
+
+
+def _read_manifest(archive: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> bytes:
+    _check_manifest_size(info, name)
     try:
         return archive.extractfile(info).read()
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -220,6 +235,25 @@ def _check_sizes(plan: ArchivePlan, declared: dict[str, int], name: str) -> None
             )
 
 
+def _plan(
+    members: list[tarfile.TarInfo],
+    name: str,
+    read_manifest: Callable[[tarfile.TarInfo, tuple], bytes],
+) -> tuple[ArchivePlan, tuple]:
+    """Layout, manifest and declared sizes of an archive's members; and its top folder."""
+    manifest_info, prefix = _layout(members, name)
+    plan = ArchivePlan()
+    plan.files = [(m, rel) for m in members if (rel := _relative(m, prefix, name)) is not None]
+    plan.manifest_bytes = read_manifest(manifest_info, prefix)
+    try:
+        plan.manifest = contract.parse_manifest(plan.manifest_bytes)
+        declared = contract.check_manifest_files(plan.manifest)
+    except contract.ContractError as exc:
+        raise ArchiveError(str(exc), "bad_bundle", 422) from exc
+    _check_sizes(plan, declared, name)
+    return plan, prefix
+
+
 def scan_archive(
     archive: tarfile.TarFile, name: str, end: int, max_bytes: int | None = None
 ) -> ArchivePlan:
@@ -242,16 +276,7 @@ def scan_archive(
         File members with their bundle paths, the manifest and the unpacked total.
     """
     members = _read_headers(archive, name, end)
-    manifest_info, prefix = _layout(members, name)
-    plan = ArchivePlan()
-    plan.files = [(m, rel) for m in members if (rel := _relative(m, prefix, name)) is not None]
-    plan.manifest_bytes = _read_manifest(archive, manifest_info, name)
-    try:
-        plan.manifest = contract.parse_manifest(plan.manifest_bytes)
-        declared = contract.check_manifest_files(plan.manifest)
-    except contract.ContractError as exc:
-        raise ArchiveError(str(exc), "bad_bundle", 422) from exc
-    _check_sizes(plan, declared, name)
+    plan, _ = _plan(members, name, lambda info, _prefix: _read_manifest(archive, info, name))
     if max_bytes is not None and plan.total > max_bytes:
         raise ArchiveError(
             f"{name}: unpacks to {plan.total} bytes (limit {max_bytes})", "too_large", 413
@@ -320,3 +345,98 @@ def unpack_archive(
             if written > plan.total:  # cannot happen: each copy is bounded by its header
                 raise ArchiveError(f"{name}: unpacked more than declared", "too_large", 413)
     return plan
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _stream_target(info: tarfile.TarInfo, dest: Path, name: str) -> Path:
+    """Where a streamed member goes: every path part a contract name, at most 3 deep.
+
+    Its place in the bundle layout is checked once all headers are known
+    (:func:`_finish_stream`); until then only names that are safe to create are
+    written.
+    """
+    parts = PurePosixPath(info.name).parts
+    if len(parts) > 3:
+        raise ArchiveError(
+            f"{name}: tar member {info.name[:120]!r} is not a valid bundle path", "unsafe_archive"
+        )
+    for part in parts:
+        _contract_name(part, f"{name}: tar member {info.name[:120]!r}:")
+    return dest.joinpath(*parts)
+
+
+def _unpack_members(archive: tarfile.TarFile, dest: Path, name: str) -> list[tarfile.TarInfo]:
+    members: list[tarfile.TarInfo] = []
+    while True:
+        info = archive.next()
+        if info is None:
+            return members
+        _check_count(len(members), name)
+        _check_member(info, name, info.offset_data + info.size)
+        members.append(info)
+        if not PurePosixPath(info.name).parts:
+            continue  # "." or "./"
+        target = _stream_target(info, dest, name)
+        if info.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _copy_member(archive, info, target, name)
+        except FileExistsError as exc:
+            raise ArchiveError(f"{name}: tar member {info.name[:120]!r} listed twice") from exc
+
+
+def _finish_stream(members: list[tarfile.TarInfo], dest: Path, name: str) -> Path:
+    """The same layout, manifest and size checks as :func:`scan_archive`, after the fact."""
+
+    def read_unpacked(info: tarfile.TarInfo, prefix: tuple) -> bytes:
+        _check_manifest_size(info, name)
+        return dest.joinpath(*prefix, MANIFEST).read_bytes()
+
+    _, prefix = _plan(members, name, read_unpacked)
+    return dest.joinpath(*prefix)
+
+
+def unpack_stream(stream: BinaryIO, dest: Path, name: str) -> Path:
+    """Unpack a bundle archive from a non-seekable stream into ``dest`` as it arrives.
+
+    The coordinator unpacks an upload while it is received, so the archive is
+    never written to disk as a whole. Each member is checked as its header
+    arrives (type, path made of contract names, member count) and written with
+    exactly its header's size, so the unpacked total never exceeds the bytes
+    received (an uncompressed tar holds its members verbatim); the caller bounds
+    those. Once the stream ends, the layout, the manifest and every member's
+    declared size are checked exactly as for a file (:func:`scan_archive`).
+
+    Parameters
+    ----------
+    stream : binary file object
+        Read sequentially, never seeked.
+    dest : Path
+        An empty folder.
+    name : str
+        The archive's name for messages.
+
+    Returns
+    -------
+    Path
+        The bundle root (``dest`` or its one top folder).
+
+    Raises
+    ------
+    ArchiveError
+        Any refusal, with ``code`` and ``status``.
+    OSError
+        The file system failed while writing (for example, no space left).
+    """
+    buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(stream)
+    _refuse_compressed(buffered.peek(8)[:8], name)
+    try:
+        with tarfile.open(fileobj=buffered, mode="r|") as archive:
+            members = _unpack_members(archive, dest, name)
+    except (tarfile.TarError, EOFError, ValueError) as exc:
+        raise ArchiveError(f"{name}: corrupted or truncated tar archive ({exc})") from exc
+    return _finish_stream(members, dest, name)

@@ -8,12 +8,18 @@ Two atlases are built in:
     network (``restmeta_dmn``) of Yan et al. (2019) [2]_.
 ``ho111``
     The 111 Harvard-Oxford ROIs of the ABIDE Preprocessed Connectomes Project
-    release (C-PAC ``rois_ho``), labelled as in the ``.1D`` header (``1`` ...
-    ``111``); no network assignment (network ``"none"``).
+    release (C-PAC ``rois_ho``), labelled by column number as in the ``.1D``
+    header (``1`` ... ``111``): no anatomical label list in the PCP order was
+    found with a citable source, so none is shipped. No network assignment
+    (every ROI's network is ``"unassigned"``) and no DMN: network and DMN
+    analyses need an atlas TSV supplied by the consortium
+    (``docs/site-data-manager/README.md``, section "Atlases").
 
 Any other atlas is a TSV file with columns ``index, label, network`` and,
 optionally, ``x, y, z`` (MNI mm) and ``dmn`` (0/1), so sites register atlases
-without code changes.
+without code changes; the atlas is named after the file stem. A bundle
+carries the definition of every atlas it uses (:func:`atlas_tsv_bytes`), and
+the coordinator reads atlases only from there.
 
 References
 ----------
@@ -33,7 +39,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sites.contract import ContractError, check_name
+
 BUILTIN_ATLASES = ("dosenbach160", "ho111")
+#: Network of every ROI of an atlas without a network assignment.
+UNASSIGNED = "unassigned"
 
 
 class AtlasError(ValueError):
@@ -126,7 +136,7 @@ def _dosenbach160() -> Atlas:
 
 def _ho111() -> Atlas:
     labels = [str(i) for i in range(1, 112)]
-    return Atlas(name="ho111", labels=labels, networks=["none"] * 111)
+    return Atlas(name="ho111", labels=labels, networks=[UNASSIGNED] * 111)
 
 
 def _from_tsv(path: Path) -> Atlas:
@@ -143,15 +153,67 @@ def _from_tsv(path: Path) -> Atlas:
     if table["network"].isna().any():
         row = int(table.index[table["network"].isna()][0])
         raise AtlasError(f"{path}: ROI {table.loc[row, 'index']} has no network")
-    table = table.sort_values("index")
+    try:
+        name = check_name(path.stem, f"{path}: atlas name (the file stem)")
+    except ContractError as exc:
+        raise AtlasError(str(exc)) from exc
+    return atlas_from_table(name, table.sort_values("index"))
+
+
+def atlas_from_table(name: str, table: pd.DataFrame) -> Atlas:
+    """An :class:`Atlas` from a table with columns ``label, network`` (optional
+    ``dmn``, ``x, y, z``), rows in ROI order.
+
+    An all-zero ``dmn`` column means the atlas has no DMN (``dmn=None``).
+    """
     coords = None
     if {"x", "y", "z"} <= set(table.columns):
         coords = table[["x", "y", "z"]].to_numpy(dtype=float)
     dmn = table["dmn"].to_numpy() == 1 if "dmn" in table.columns else None
     return Atlas(
-        name=path.stem,
+        name=name,
         labels=table["label"].astype(str).tolist(),
         networks=table["network"].astype(str).tolist(),
         coords=coords,
-        dmn=dmn,
+        dmn=dmn if dmn is not None and dmn.any() else None,
     )
+
+
+def atlas_table(atlas: Atlas) -> pd.DataFrame:
+    """The atlas as the table a bundle carries: ``index, label, network, dmn[, x, y, z]``."""
+    dmn = np.zeros(atlas.n_rois, int) if atlas.dmn is None else atlas.dmn.astype(int)
+    table = pd.DataFrame(
+        {
+            "index": np.arange(1, atlas.n_rois + 1),
+            "label": atlas.labels,
+            "network": atlas.networks,
+            "dmn": dmn,
+        }
+    )
+    if atlas.coords is not None:
+        for axis, column in enumerate(("x", "y", "z")):
+            table[column] = atlas.coords[:, axis]
+    return table
+
+
+def atlas_tsv_bytes(atlas: Atlas) -> bytes:
+    """The canonical TSV bytes of :func:`atlas_table` (UTF-8, ``\\n`` line ends).
+
+    The same atlas always gives the same bytes, so the SHA-256 of the file
+    identifies the atlas definition across sites.
+    """
+    table = atlas_table(atlas)
+    text = table.to_csv(sep="\t", index=False, lineterminator="\n", float_format="%.6g")
+    return text.encode("utf-8")
+
+
+def read_atlas_tsv(data: bytes, name: str) -> pd.DataFrame:
+    """Parse the bytes of a bundle's atlas table (labels kept as strings)."""
+    import io
+
+    try:
+        return pd.read_csv(
+            io.BytesIO(data), sep="\t", dtype={"label": str, "network": str}, keep_default_na=False
+        )
+    except Exception as exc:  # pandas raises many parser errors
+        raise AtlasError(f"atlases/{name}.tsv: cannot read atlas table ({exc})") from exc

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sites import contract
 from sites import keys as site_keys
+from sites.atlas import Atlas, AtlasError, atlas_from_table, atlas_tsv_bytes, read_atlas_tsv
 
 #: 2.0: QC reasons are contract codes (``qc.parquet`` + ``qc_reasons.parquet``), no
 #: ``qc.csv``; 1.0 bundles carried free-text reasons and are no longer accepted.
@@ -103,6 +104,7 @@ def write_bundle(
     metadata: dict[str, Any] | None = None,
     private_key: Ed25519PrivateKey,
     overwrite: bool = False,
+    atlases: dict[str, Atlas] | None = None,
 ) -> Path:
     """Write and sign a bundle directory atomically.
 
@@ -134,6 +136,10 @@ def write_bundle(
         The site's signing key.
     overwrite : bool
         Replace an existing bundle directory (only once the new one is complete).
+    atlases : dict, optional
+        atlas name -> :class:`sites.atlas.Atlas` of a ``connectivity`` entry. Each
+        is written as ``atlases/<name>.tsv`` (:func:`sites.atlas.atlas_tsv_bytes`)
+        and its SHA-256 pinned in the manifest's ``connectivity.<name>.atlas_sha256``.
 
     Returns
     -------
@@ -145,6 +151,7 @@ def write_bundle(
         raise BundleError(f"{out_dir}: already exists (use overwrite to replace it)")
     qc_reasons = contract.empty_qc_reasons() if qc_reasons is None else qc_reasons
     _check_contract(site_id, subjects, qc, qc_reasons, networks, metadata or {})
+    tables = _atlas_tables(atlases or {}, connectivity)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -160,6 +167,7 @@ def write_bundle(
             maps or {},
             metadata or {},
             private_key,
+            tables,
         )
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
@@ -190,6 +198,19 @@ def _check_contract(
     contract.check_included(qc, subjects)
     for atlas, table in networks.items():
         contract.check_network_table(table, f"networks_{atlas}.parquet")
+
+
+def _atlas_tables(atlases: dict[str, Atlas], connectivity: dict[str, Any]) -> dict[str, bytes]:
+    """The TSV bytes of each atlas, checked against the contract (and its connectivity)."""
+    tables = {}
+    for name, atlas in atlases.items():
+        if name not in connectivity:
+            raise BundleError(f"atlases/{name}.tsv: atlas {name!r} has no connectivity")
+        data = atlas_tsv_bytes(atlas)
+        n_edges = int(np.shape(connectivity[name])[1])
+        contract.check_atlas_table(read_atlas_tsv(data, name), n_edges, f"atlases/{name}.tsv")
+        tables[name] = data
+    return tables
 
 
 def _check_file_names(
@@ -223,6 +244,7 @@ def _write_contents(
     maps: dict[str, tuple[nib.Nifti1Image, np.ndarray]],
     metadata: dict[str, Any],
     private_key: Ed25519PrivateKey,
+    atlas_tables: dict[str, bytes],
 ) -> None:
     if "subject_key" not in subjects.columns or subjects["subject_key"].duplicated().any():
         raise BundleError("subjects.parquet: subject_key column missing or not unique")
@@ -237,6 +259,11 @@ def _write_contents(
         _check_rows(f"connectivity_{atlas}.parquet", len(edges), n)
         pq.write_table(_edges_table(keys, edges), root / f"connectivity_{atlas}.parquet")
         atlases[atlas] = {"n_edges": int(np.shape(edges)[1])}
+    if atlas_tables:
+        (root / "atlases").mkdir()
+    for atlas, data in atlas_tables.items():
+        (root / contract.atlas_path(atlas)).write_bytes(data)
+        atlases[atlas]["atlas_sha256"] = hashlib.sha256(data).hexdigest()
     for atlas, table in networks.items():
         _check_rows(f"networks_{atlas}.parquet", len(table), n)
         out = table.reset_index(drop=True).copy()
@@ -400,6 +427,34 @@ class Bundle:
     @property
     def atlases(self) -> list[str]:
         return sorted(self.manifest.get("connectivity", {}))
+
+    def atlas_sha256(self, atlas_name: str) -> str | None:
+        """The SHA-256 of the atlas table the manifest pins (None: the bundle has none)."""
+        entry = self.manifest.get("connectivity", {}).get(atlas_name)
+        return entry.get("atlas_sha256") if isinstance(entry, dict) else None
+
+    def atlas_table(self, atlas_name: str) -> pd.DataFrame:
+        """The atlas table ``atlases/<name>.tsv`` checked against the contract."""
+        if self.atlas_sha256(atlas_name) is None:
+            raise BundleError(
+                f"{contract.atlas_path(atlas_name)}: the bundle carries no definition of "
+                f"atlas {atlas_name!r} (made by an older site agent; recompute it)"
+            )
+        path = contract.atlas_path(atlas_name)
+        data = self._file(path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.atlas_sha256(atlas_name):
+            raise BundleError(f"{path}: SHA-256 differs from the manifest's atlas_sha256")
+        try:
+            table = read_atlas_tsv(data, atlas_name)
+            n_edges = self.manifest["connectivity"][atlas_name].get("n_edges")
+            contract.check_atlas_table(table, n_edges, path)
+        except (AtlasError, contract.ContractError) as exc:
+            raise BundleError(str(exc)) from exc
+        return table
+
+    def atlas(self, atlas_name: str) -> Atlas:
+        """The :class:`sites.atlas.Atlas` this bundle's connectivity was computed with."""
+        return atlas_from_table(atlas_name, self.atlas_table(atlas_name))
 
     def _check_order(self, name: str, keys: pd.Series) -> None:
         if keys.tolist() != self.subjects["subject_key"].tolist():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sites.bundle import BundleError, describe_bundle, export_bundle, read_bundle
 from sites.contract import check_name
@@ -24,10 +25,13 @@ err = Console(stderr=True)
 out = Console()
 
 EXPECTED_ERRORS = (ValueError, BundleError, FileExistsError, FileNotFoundError, PermissionError)
+#: Exit code of `confed site compute` when too few subjects pass QC (no bundle written).
+EXIT_TOO_FEW_INCLUDED = 3
 
 CONFIG_TEMPLATE = """\
-# confed site configuration (see docs/site-data-manager/configure.md).
-# Relative paths are relative to this file's folder.
+# confed site configuration (see docs/site-data-manager/README.md).
+# Relative paths are relative to this file's folder; base_dir, if set, changes
+# the base of the data paths and patterns only (never of the keys).
 site_id = "{site_id}"
 
 [keys]
@@ -69,11 +73,12 @@ pattern = "RealignParameter/{{subject_id}}/rp_{{subject_id}}.txt"
 [qc]
 max_mean_fd = 0.2
 min_volumes = 50
+min_included = 1                # fewest included subjects for a bundle to be written
 """
 
 
 def _fail(exc: BaseException) -> None:
-    err.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
+    err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=1)
 
 
@@ -118,24 +123,56 @@ def compute_command(
     out_dir: Path = typer.Option(..., "--out", help="Bundle directory to create."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    accept_unmapped_codes: bool = typer.Option(
+        False,
+        "--accept-unmapped-codes",
+        help="Compute even if most codes are unmapped or all subjects fall in one group.",
+    ),
 ) -> None:
     """Compute connectivity, summaries, maps and QC; write a signed bundle."""
-    from sites.agent import compute
+    from sites.agent import TooFewIncluded, check_out_dir, compute
     from sites.config import load_config
     from sites.qc import local_log_path
 
     try:
-        bundle_dir = compute(load_config(config), out_dir, overwrite=overwrite, progress=not quiet)
+        check_out_dir(out_dir, overwrite)  # before any work
+        site_config = load_config(config)
+        if accept_unmapped_codes:
+            site_config.phenotypes.accept_unmapped_codes = True
+        bundle_dir = compute(site_config, out_dir, overwrite=overwrite, progress=not quiet)
         bundle = read_bundle(bundle_dir)
+    except TooFewIncluded as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(code=EXIT_TOO_FEW_INCLUDED) from exc
     except EXPECTED_ERRORS as exc:
         _fail(exc)
     out.print(describe_bundle(bundle), soft_wrap=True)
+    _warn_one_group(bundle)
     out.print(
         f"QC log with subject IDs and file paths (stays at the site, not in the bundle): "
         f"{local_log_path(bundle_dir)}",
         soft_wrap=True,
         highlight=False,
     )
+
+
+def _warn_one_group(bundle) -> None:
+    """Warn when the included subjects of a bundle are all in one diagnostic group."""
+    labels = bundle.manifest.get("dx_labels", {})
+    counts = bundle.subjects["dx"].astype(str).value_counts()
+    present = [label for label in labels.values() if counts.get(label, 0)]
+    if len(present) == 1:
+        missing = [label for label in labels.values() if label not in present]
+        text = (
+            f"site {bundle.site_id}: all {int(counts.sum())} included subjects are "
+            f"{present[0]}; none is {', '.join(missing)} after QC. Case-control models need "
+            "both groups at a site; check [phenotypes.values.dx] and the QC log."
+        )
+        err.print(
+            f"[yellow]warning:[/yellow] {escape(text)}",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 @app.command("validate")

@@ -8,9 +8,12 @@ table of ``site.toml``::
     token_file = "keys/coordinator.token"   # the token printed by `confed coord site add`
 
 or from ``--url`` / ``--token-file`` / the ``CONFED_COORDINATOR_URL`` and
-``CONFED_SITE_TOKEN`` environment variables. Uploads are retried on network
-errors and 5xx answers: this is safe because the coordinator treats an upload
-of the same bundle (same manifest hash) as the same submission.
+``CONFED_SITE_TOKEN`` environment variables. Uploads are retried on transient
+failures only (a reset or refused connection, a timeout, a 429/502/503/504
+answer): this is safe because the coordinator treats an upload of the same
+bundle (same manifest hash) as the same submission. Other failures (a URL
+without a scheme, an unknown host, TLS against plain HTTP, a 404 from a URL
+that ends in ``/api/v1``, any other refusal) are explained at once.
 
 Every answer to an upload (accepted, duplicate or refused) carries a signed
 receipt of the coordinator's audit log; ``submit`` keeps each one in
@@ -40,7 +43,14 @@ from sites import receipts as rc
 from sites.bundle import BundleError, export_bundle, read_bundle
 
 API = "/api/v1"
-RETRY_STATUS = {429, 500, 502, 503, 504}
+RETRY_STATUS = {429, 502, 503, 504}
+#: Network errors worth retrying: the connection broke or was slow (and refused ones).
+TRANSIENT_ERRORS = (
+    httpx.TimeoutException,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
 MAX_BACKOFF = 60.0
 err = Console(stderr=True)
 out = Console()
@@ -126,6 +136,64 @@ def _error_of(response: httpx.Response) -> SubmitError:
     )
 
 
+def check_url(url: str) -> None:
+    """Refuse a coordinator URL without an http(s) scheme or host, with the fix."""
+    parsed = httpx.URL(url) if "://" in url else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise SubmitError(
+            f"coordinator url {url!r} has no http:// or https:// scheme and host; "
+            "write it in full, e.g. https://coordinator.example.org or http://127.0.0.1:8000"
+        )
+
+
+def _transient(exc: httpx.TransportError) -> bool:
+    """A broken or slow connection, or a refused one (the coordinator may be restarting)."""
+    refused = isinstance(exc, httpx.ConnectError) and "refused" in str(exc).lower()
+    return isinstance(exc, TRANSIENT_ERRORS) or refused
+
+
+def _explain_transport(conn: Connection, exc: httpx.TransportError) -> SubmitError:
+    """A final network failure, explained (unknown host, refused, TLS mismatch)."""
+    text = str(exc)
+    lowered = text.lower()
+    host = httpx.URL(conn.url).host
+    if any(
+        m in lowered
+        for m in (
+            "name or service not known",
+            "nodename nor servname",
+            "name resolution",
+            "getaddrinfo",
+            "no address associated",
+        )
+    ):
+        hint = f"the host name {host!r} is unknown (check the spelling of the url)"
+    elif "ssl" in lowered or "tls" in lowered or "certificate" in lowered:
+        hint = (
+            "the TLS handshake failed: the server may speak plain HTTP (try http:// "
+            "instead of https://) or its certificate is not trusted"
+        )
+    elif "refused" in lowered:
+        hint = "nothing listens at that address and port (check the url's port, or "
+        hint += "whether the coordinator is running; it may be restarting)"
+    else:
+        hint = "check the url and the network"
+    return SubmitError(f"cannot reach {conn.url}: {hint} ({text})")
+
+
+def _explain_status(conn: Connection, error: SubmitError) -> SubmitError:
+    if error.status == 404 and conn.url.rstrip("/").endswith(API):
+        base = conn.url.rstrip("/")[: -len(API)]
+        return SubmitError(
+            f"{error} -- the url ends in {API}; give the coordinator's base url without "
+            f"it ({base})",
+            error.status,
+            error.code,
+            error.receipt,
+        )
+    return error
+
+
 def upload(
     conn: Connection,
     tar_path: Path,
@@ -137,9 +205,11 @@ def upload(
 ) -> tuple[dict[str, Any], int]:
     """Upload a bundle tar; returns the coordinator's answer and the attempts used.
 
-    Network errors and 429/5xx answers are retried with exponential backoff and
-    jitter; any other error answer is final.
+    Transient failures (:data:`TRANSIENT_ERRORS`, :data:`RETRY_STATUS` answers)
+    are retried with exponential backoff and jitter; any other failure is final
+    and explained at once.
     """
+    check_url(conn.url)
     size = tar_path.stat().st_size
     headers = {
         "Authorization": f"Bearer {conn.token}",
@@ -153,13 +223,15 @@ def upload(
                 with open(tar_path, "rb") as fh:
                     response = client.post(f"{API}/submissions", content=fh, headers=headers)
             except httpx.TransportError as exc:
-                last = SubmitError(f"cannot reach {conn.url}: {exc}")
+                last = _explain_transport(conn, exc)
+                if not _transient(exc):
+                    raise last from exc
             else:
                 if response.status_code in (200, 201):
                     return response.json(), attempt
                 last = _error_of(response)
                 if response.status_code not in RETRY_STATUS:
-                    raise last
+                    raise _explain_status(conn, last)
             if attempt <= retries:
                 delay = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF) * (0.5 + random.random())
                 if on_retry is not None:
@@ -205,11 +277,13 @@ def submit(
 
 
 def _get(conn: Connection, path: str) -> httpx.Response:
+    check_url(conn.url)
     headers = {"Authorization": f"Bearer {conn.token}"}
     try:
-        return httpx.get(f"{conn.url}{API}{path}", headers=headers, timeout=60)
+        response = httpx.get(f"{conn.url}{API}{path}", headers=headers, timeout=60)
     except httpx.TransportError as exc:
-        raise SubmitError(f"cannot reach {conn.url}: {exc}") from exc
+        raise _explain_transport(conn, exc) from exc
+    return response
 
 
 def fetch_audit_key(conn: Connection) -> bytes:
@@ -294,7 +368,10 @@ def submit_command(
     config: Path = ConfigOpt,
     url: str | None = UrlOpt,
     token_file: Path | None = TokenOpt,
-    retries: int = typer.Option(5, help="Retries on network errors and 5xx answers."),
+    retries: int = typer.Option(
+        5,
+        help="Retries on transient failures (reset/refused connection, timeout, 429/502-504).",
+    ),
     backoff: float = typer.Option(2.0, help="First retry delay in seconds (doubles each time)."),
 ) -> None:
     """Upload a bundle to the coordinator (safe to repeat: same bundle, same submission)."""

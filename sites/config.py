@@ -1,7 +1,9 @@
 """Site configuration: one TOML file, validated by a pydantic model.
 
 Relative paths in the file are resolved against the directory holding the
-file. See ``docs/site-data-manager/configure.md`` for an annotated example.
+file; ``base_dir`` (itself relative to that folder) changes the base of the
+data paths and patterns only, never of the key files. See
+``docs/site-data-manager/README.md`` for an annotated example.
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sites.contract import NAME_PATTERN, PHENOTYPE_COLUMNS, REQUIRED_COLUMNS
 
@@ -43,6 +53,10 @@ class PhenotypeConfig(_Model):
     dx_case: str
     dx_control: str
     allow: list[str] = Field(default_factory=list, description="extra columns allowed to leave")
+    accept_unmapped_codes: bool = Field(
+        default=False,
+        description="compute even when most codes are unmapped or all fall in one group",
+    )
 
     @field_validator("columns")
     @classmethod
@@ -59,12 +73,35 @@ class PhenotypeConfig(_Model):
 
 class ConnectivityConfig(_Model):
     atlas: str = Field(description="built-in atlas name or path of an atlas TSV")
-    source: Literal["timeseries", "bold"] = "timeseries"
+    source: Literal["timeseries", "bold", "matrix"] = "timeseries"
     pattern: str = Field(description="file path pattern with {subject_id}")
     columns: str | None = Field(default=None, description="1-based column range, e.g. 1409-1568")
     radius_mm: float = 5.0
     labels_image: Path | None = None
     confounds: str | None = Field(default=None, description="fMRIPrep confounds pattern")
+    # source = "matrix" only (sites.matrices):
+    kind: Literal["fisher_z", "correlation"] | None = Field(
+        default=None, description="values of precomputed matrices; guessed when unambiguous"
+    )
+    subject_list: Path | None = Field(
+        default=None, description="subject IDs of one stacked .npy (pattern without {subject_id})"
+    )
+    subject_column: str | None = Field(default=None, description="ID column of a CSV list")
+
+    @model_validator(mode="after")
+    def _matrix_fields(self) -> ConnectivityConfig:
+        given = [f for f in ("kind", "subject_list", "subject_column") if getattr(self, f)]
+        if self.source != "matrix" and given:
+            raise ValueError(f"{', '.join(given)} only apply to source = 'matrix'")
+        if self.subject_column and not self.subject_list:
+            raise ValueError("subject_column needs a subject_list")
+        stacked = self.subject_list is not None
+        if self.source == "matrix" and stacked == ("{subject_id}" in self.pattern):
+            raise ValueError(
+                "source = 'matrix': a per-subject pattern needs {subject_id}; "
+                "one stacked .npy needs a subject_list and a pattern without {subject_id}"
+            )
+        return self
 
 
 class MotionConfig(_Model):
@@ -84,6 +121,12 @@ class QCConfig(_Model):
 
     max_mean_fd: float = 0.2
     min_volumes: int = 50
+    min_included: int = Field(
+        default=1,
+        ge=0,
+        description="fewest included subjects to write a bundle (0: write even an empty "
+        "one, for its QC tables; the coordinator refuses a bundle without subjects)",
+    )
     age_min: float = 5.0
     age_max: float = 100.0
 
@@ -120,10 +163,17 @@ class SiteConfig(_Model):
     maps: list[MapConfig] = Field(default_factory=list)
     # [coordinator] (url, token_file) is read by sites.client for `confed site submit`.
     coordinator: dict[str, Any] | None = None
+    _config_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     def resolve(self, path: Path | str) -> Path:
+        """A data path or pattern: relative ones are relative to ``base_dir``."""
         path = Path(path).expanduser()
         return path if path.is_absolute() else self.base_dir / path
+
+    def resolve_key(self, path: Path | str) -> Path:
+        """A key path: relative ones are relative to the config file's folder."""
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else self._config_dir / path
 
 
 def load_config(path: str | Path) -> SiteConfig:
@@ -135,12 +185,15 @@ def load_config(path: str | Path) -> SiteConfig:
         raise ConfigError(f"{path}: config file not found") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+    folder = path.parent.resolve()
     base = Path(data.pop("base_dir", ".")).expanduser()
-    data["base_dir"] = base if base.is_absolute() else (path.parent / base).resolve()
+    data["base_dir"] = base if base.is_absolute() else (folder / base).resolve()
     try:
-        return SiteConfig.model_validate(data)
+        config = SiteConfig.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from exc
+    config._config_dir = folder
+    return config

@@ -49,6 +49,71 @@ class Phenotypes:
 
     table: pd.DataFrame
     problems: dict[str, list[Reason]] = field(default_factory=dict)
+    codes: dict[str, CodeUse] = field(default_factory=dict)
+
+
+@dataclass
+class CodeUse:
+    """How the codes of one coded source column met the config's value map.
+
+    Attributes
+    ----------
+    source : str
+        The source column.
+    seen : dict
+        Code -> number of subjects holding it (empty cells not counted).
+    mapped : dict
+        The config's value map of the column (code -> label).
+    unmapped : int
+        Subjects whose code maps to no allowed label.
+    labels : dict
+        Allowed label -> number of subjects mapped to it.
+    """
+
+    source: str
+    seen: dict[str, int] = field(default_factory=dict)
+    mapped: dict[str, str] = field(default_factory=dict)
+    unmapped: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def describe(self, canonical: str) -> str:
+        seen = ", ".join(f"{c!r} ({n})" for c, n in sorted(self.seen.items()))
+        mapped = ", ".join(f"{c!r} -> {label}" for c, label in sorted(self.mapped.items()))
+        return (
+            f"column '{self.source}' ({canonical}): codes seen {seen or 'none'} (subjects); "
+            f"codes mapped {mapped or 'none (codes used as labels)'}"
+        )
+
+
+def check_code_maps(phen: Phenotypes, dx_groups: tuple[str, str], where: Path) -> None:
+    """Refuse a value map that leaves most subjects unmapped or puts all in one group.
+
+    Raises
+    ------
+    PhenotypeError
+        More than half the subjects with a code in a coded column are unmapped,
+        or some diagnosis codes are unmapped and every mapped subject falls in
+        one of ``dx_groups``; the message lists the codes seen and the codes
+        mapped. Set ``[phenotypes] accept_unmapped_codes = true`` (or pass
+        ``--accept-unmapped-codes``) to compute anyway.
+    """
+    hint = (
+        "; fix [phenotypes.values] in the site config, or set [phenotypes] "
+        "accept_unmapped_codes = true (--accept-unmapped-codes) if this is intended"
+    )
+    for canonical, use in phen.codes.items():
+        total = sum(use.seen.values())
+        if total and use.unmapped * 2 > total:
+            raise PhenotypeError(
+                f"{where}: {use.unmapped} of {total} subjects have a {canonical} code that is "
+                f"not mapped; {use.describe(canonical)}{hint}"
+            )
+        groups = [g for g in dx_groups if use.labels.get(g)]
+        if canonical == "dx" and use.unmapped and len(groups) == 1:
+            raise PhenotypeError(
+                f"{where}: every mapped subject is {groups[0]} and {use.unmapped} subjects have "
+                f"an unmapped dx code; {use.describe(canonical)}{hint}"
+            )
 
 
 def read_table(path: str | Path, sheet: str | None = None) -> pd.DataFrame:
@@ -111,6 +176,7 @@ def load_phenotypes(config: PhenotypeConfig, path: Path) -> Phenotypes:
         )
     out = pd.DataFrame(index=pd.Index(ids.to_numpy(dtype=str), name="subject_id"))
     problems: dict[str, list[Reason]] = {}
+    codes: dict[str, CodeUse] = {}
 
     def note(subject: str, reason: Reason) -> None:
         problems.setdefault(subject, []).append(reason)
@@ -122,12 +188,13 @@ def load_phenotypes(config: PhenotypeConfig, path: Path) -> Phenotypes:
         if canonical in NUMERIC:
             out[canonical] = _numeric(column, out.index, source, canonical, note)
         else:
-            out[canonical] = _coded(column, out.index, source, canonical, config, note)
+            codes[canonical] = CodeUse(source)
+            out[canonical] = _coded(column, out.index, codes[canonical], canonical, config, note)
     for extra in config.allow:
         if extra in config.columns:
             raise PhenotypeError(f"{path}: column '{extra}' is both mapped and allow-listed")
         out[extra] = _allowed_extra(raw[extra], path, extra)
-    return Phenotypes(table=out, problems=problems)
+    return Phenotypes(table=out, problems=problems, codes=codes)
 
 
 def _numeric(column, subjects, source, canonical, note) -> np.ndarray:
@@ -157,8 +224,10 @@ def _plausible(subject: str, value: float, canonical: str, source: str, note) ->
         note(subject, Reason("implausible_value", canonical, float(value), bound, text))
 
 
-def _coded(column, subjects, source, canonical, config: PhenotypeConfig, note) -> list:
+def _coded(column, subjects, use: CodeUse, canonical, config: PhenotypeConfig, note) -> list:
     mapping = {str(k): v for k, v in config.values.get(canonical, {}).items()}
+    use.mapped = mapping
+    source = use.source
     allowed = CODED.get(canonical)
     if canonical == "dx":
         allowed = (config.dx_case, config.dx_control)
@@ -166,13 +235,20 @@ def _coded(column, subjects, source, canonical, config: PhenotypeConfig, note) -
     for subject, value in zip(subjects, column, strict=True):
         code = _as_code(value)
         label = mapping.get(code, code) if code is not None else None
+        if code is not None:
+            use.seen[code] = use.seen.get(code, 0) + 1
         if label is None:
             if PHENOTYPE_COLUMNS[canonical].required:
                 note(subject, Reason("missing_value", canonical, detail=f"empty '{source}'"))
         elif label not in allowed:
             text = f"{canonical}: code {code!r} in '{source}' not in {list(allowed)}"
+            if mapping:
+                text += f" (codes mapped: {sorted(mapping)})"
             note(subject, Reason("unknown_code", canonical, detail=text))
+            use.unmapped += 1
             label = None
+        else:
+            use.labels[label] = use.labels.get(label, 0) + 1
         out.append(label)
     return out
 

@@ -14,6 +14,8 @@ Rules (defaults in :class:`sites.config.QCConfig`):
 - coverage: an ROI whose signal is constant (zero variance, e.g. outside the
   field of view) or missing;
 - non-finite values (NaN, inf) in the time series;
+- non-finite connectivity (NaN, inf edges, also in precomputed matrices, for
+  which the volume and coverage rules cannot run: :data:`CONNECTIVITY_RULES`);
 - implausible phenotypes: age outside ``[age_min, age_max]``, values outside
   the contract's plausible range, unknown or missing sex or diagnosis codes
   (from :mod:`sites.phenotypes`).
@@ -36,6 +38,74 @@ import pandas as pd
 from sites.atlas import Atlas
 from sites.config import QCConfig
 from sites.contract import QC_CODES, QC_REASON_COLUMNS, empty_qc_reasons, join_codes
+
+#: QC codes of the rules every subject goes through (phenotypes, head motion).
+SUBJECT_RULES = (
+    "missing_value",
+    "not_a_number",
+    "unknown_code",
+    "implausible_value",
+    "age_out_of_range",
+    "motion_missing",
+    "head_motion",
+)
+_SERIES_RULES = (
+    "missing_timeseries",
+    "too_few_volumes",
+    "non_finite",
+    "zero_variance_roi",
+    "non_finite_connectivity",
+)
+#: QC codes of the connectivity rules run for each input (``source``) of an atlas.
+#: Precomputed matrices have no volumes and no ROI signals: the volume and
+#: coverage rules (``too_few_volumes``, ``non_finite``, ``zero_variance_roi``)
+#: cannot run; NaN or inf in a matrix gives ``non_finite_connectivity``.
+CONNECTIVITY_RULES = {
+    "timeseries": _SERIES_RULES,
+    "bold": _SERIES_RULES,
+    "matrix": ("missing_timeseries", "non_finite_connectivity"),
+}
+
+
+def rules_run(sources: dict[str, str], maps: bool) -> dict:
+    """Which QC rules ran, for the manifest's ``qc_rules`` and the local log.
+
+    Parameters
+    ----------
+    sources : dict
+        Atlas name -> its input (``"timeseries"``, ``"bold"`` or ``"matrix"``).
+    maps : bool
+        Whether the site delivers voxel maps (``missing_map``).
+
+    Returns
+    -------
+    dict
+        ``run``: ``subject`` (codes), ``connectivity`` (atlas -> codes),
+        ``maps``; ``not_run``: atlas -> codes of rules that did not apply.
+    """
+    return {
+        "run": {
+            "subject": list(SUBJECT_RULES),
+            "connectivity": {a: list(CONNECTIVITY_RULES[s]) for a, s in sources.items()},
+            "maps": ["missing_map"] if maps else [],
+        },
+        "not_run": {
+            a: [c for c in _SERIES_RULES if c not in CONNECTIVITY_RULES[s]]
+            for a, s in sources.items()
+            if s == "matrix"
+        },
+    }
+
+
+def rules_note(sources: dict[str, str]) -> str:
+    """One line for the local log: the connectivity rules that ran per atlas."""
+    parts = []
+    for atlas, source in sources.items():
+        text = f"{atlas} ({source}): {', '.join(CONNECTIVITY_RULES[source])}"
+        if source == "matrix":
+            text += "; volume and coverage rules not run (no time series)"
+        parts.append(text)
+    return "phenotype and motion rules; " + " | ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -155,11 +225,17 @@ def local_log_path(bundle_dir: str | Path) -> Path:
 
 
 def write_local_log(
-    path: Path, ids: list[str], keys: list[str], reasons: list[list[Reason]]
+    path: Path,
+    ids: list[str],
+    keys: list[str],
+    reasons: list[list[Reason]],
+    rules: str = "",
 ) -> Path:
     """Write the site-only QC log (subject IDs, paths, details), mode 0600.
 
-    One row per reason, and one row with an empty code per included subject.
+    One row per reason, and one row with an empty code per included subject;
+    ``rules`` (:func:`rules_note`) fills a ``qc_rules`` column saying which
+    rules ran.
     """
     rows = []
     for subject, key, found in zip(ids, keys, reasons, strict=True):
@@ -174,6 +250,7 @@ def write_local_log(
                     "value": x.value if x else np.nan,
                     "threshold": x.threshold if x else np.nan,
                     "detail": x.detail if x else "",
+                    "qc_rules": rules,
                 }
             )
     tmp = path.parent / f".{path.name}.tmp"

@@ -70,8 +70,13 @@ def abide_config_text(
     atlas: str = "ho111",
     max_mean_fd: float = 0.2,
     min_volumes: int = 50,
+    min_included: int = 0,
 ) -> str:
-    """Site config for one ABIDE PCP site folder (ho111 .1D.gz time series)."""
+    """Site config for one ABIDE PCP site folder (ho111 .1D.gz time series).
+
+    ``min_included`` is 0 by default: some tests need a site whose subjects
+    all fail QC (the agent's own default is 1).
+    """
     return f"""
 site_id = "{site_id}"
 base_dir = "{site_dir}"
@@ -113,6 +118,7 @@ definition = "jenkinson"
 [qc]
 max_mean_fd = {max_mean_fd}
 min_volumes = {min_volumes}
+min_included = {min_included}
 """
 
 

@@ -89,6 +89,8 @@ class Design:
     sample: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     sites_excluded: list[dict[str, Any]] = field(default_factory=list)
+    covariates_dropped: list[dict[str, Any]] = field(default_factory=list)
+    missing_covariate_exclusions: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def fixed(self) -> list[str]:
@@ -162,10 +164,12 @@ def build_design(
 ) -> Design:
     """Select the subjects of a contrast and build the numeric design.
 
-    Covariates missing from every site are dropped with a note; subjects with a
-    missing value of a kept covariate are excluded with a note; sites with fewer
-    than ``min_per_group`` subjects in either group are excluded (as in Yan et
-    al. 2019) and listed.
+    Missing covariates (docs/methods/analysis.md, "Missing covariates"): a
+    covariate missing for every analysed subject of a site (or absent from
+    the data) is dropped for all sites in this model, with a note; subjects
+    with a missing value of a kept covariate are excluded from this model,
+    with a note of the count per site. Sites with fewer than ``min_per_group``
+    subjects in either group are then excluded (as in Yan et al. 2019) and listed.
     """
     if contrast not in CONTRASTS:
         raise AnalysisError(f"unknown contrast {contrast!r}; choose from {CONTRASTS}")
@@ -176,9 +180,21 @@ def build_design(
     frame = pd.DataFrame({"site": subjects["site"].to_numpy()})
     frame["dx"] = np.where(is_case, 1.0, -1.0)
     kept_covariates: list[str] = []
+    dropped: list[dict[str, Any]] = []
     for name in covariates:
         if name not in subjects.columns or subjects.loc[keep, name].isna().all():
             notes.append(f"covariate {name!r} is not in the data and was dropped")
+            dropped.append({"covariate": name, "reason": "not in the data", "sites": []})
+            continue
+        absent = _sites_without(subjects[name], subjects["site"], keep)
+        if absent:
+            notes.append(
+                f"covariate {name!r} is missing for every subject of site(s) "
+                f"{', '.join(absent)} and was dropped for all sites in this model"
+            )
+            dropped.append(
+                {"covariate": name, "reason": "missing for a whole site", "sites": absent}
+            )
             continue
         if name == "sex":
             frame[name] = _encode_sex(subjects[name], subjects["site"])
@@ -188,12 +204,14 @@ def build_design(
             except (TypeError, ValueError) as exc:
                 raise AnalysisError(f"covariate {name!r} is not numeric ({exc})") from exc
         kept_covariates.append(name)
+    excluded_missing: dict[str, dict[str, int]] = {}
     for name in kept_covariates:
         missing = keep & frame[name].isna().to_numpy()
         if missing.any():
             per_site = frame.loc[missing, "site"].value_counts().sort_index()
             listed = ", ".join(f"{s}: {n}" for s, n in per_site.items())
             notes.append(f"{int(missing.sum())} subjects without {name!r} excluded ({listed})")
+            excluded_missing[name] = {str(s): int(n) for s, n in per_site.items()}
             keep &= ~missing
     sample = _sample_table(subjects, frame, keep, groups)
     counts = sample.pivot_table(index="site", columns="group", values="n", fill_value=0)
@@ -226,6 +244,8 @@ def build_design(
         sample,
         notes,
         sites_excluded,
+        dropped,
+        excluded_missing,
     )
     if design.n_case == 0 or design.n_control == 0 or len(design.sites) < 2:
         raise AnalysisError(
@@ -235,6 +255,13 @@ def build_design(
             "both groups are needed"
         )
     return design
+
+
+def _sites_without(values: pd.Series, sites: pd.Series, keep: np.ndarray) -> list[str]:
+    """Sites (among the kept subjects) where no subject has a value of the covariate."""
+    present = values.notna().to_numpy()[keep]
+    by_site = pd.Series(present).groupby(sites.to_numpy()[keep]).any()
+    return sorted(str(site) for site, any_value in by_site.items() if not any_value)
 
 
 def _sample_table(
@@ -362,10 +389,23 @@ def _check_finite_rows(finite: np.ndarray, dataset: Any, design: Design, what: s
         )
 
 
-def _atlas(atlas_name: str):
-    from sites.atlas import load_atlas
+def _atlas(dataset: Any, atlas_name: str):
+    """The atlas definition the release carries (never a file on this machine)."""
+    from consortium.dataset import DatasetError
 
-    return load_atlas(atlas_name)
+    try:
+        return dataset.atlas(atlas_name)
+    except DatasetError as exc:
+        raise AnalysisError(str(exc)) from exc
+
+
+def _resolve_atlas(dataset: Any, atlas: str | None) -> str:
+    from consortium.dataset import DatasetError
+
+    try:
+        return dataset.resolve_atlas(atlas)
+    except DatasetError as exc:
+        raise AnalysisError(str(exc)) from exc
 
 
 def _edges(dataset: Any, design: Design, atlas: str) -> np.ndarray:
@@ -383,7 +423,7 @@ def _summaries(dataset: Any, design: Design, atlas: str, harmonize: str) -> pd.D
     from sites.connectivity import network_summaries
 
     edges = _harmonize(_edges(dataset, design, atlas), design)
-    return network_summaries(edges, _atlas(atlas)).reset_index(drop=True)
+    return network_summaries(edges, _atlas(dataset, atlas)).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------- models
@@ -691,6 +731,8 @@ def _strongest_edges_figure(atlas: Any, t: np.ndarray, out: Path) -> list[dict[s
     records = [
         {
             "edge": int(e),
+            "index_a": int(rows[e]) + 1,
+            "index_b": int(cols[e]) + 1,
             "roi_a": atlas.labels[rows[e]],
             "roi_b": atlas.labels[cols[e]],
             "network_a": atlas.networks[rows[e]],
@@ -765,7 +807,10 @@ def _run_dmn(dataset, design, params, out, steps) -> dict[str, Any]:
         summaries = {"none": _summaries(dataset, design, atlas, "none")}
         if "dmn_restmeta" not in summaries["none"].columns:
             raise AnalysisError(
-                f"atlas {atlas!r} has no REST-meta-MDD DMN (no 'dmn_restmeta' network summary)"
+                f"atlas {atlas!r} has no REST-meta-MDD DMN (no ROI has dmn = 1, so the "
+                "bundles hold no 'dmn_restmeta' summary); the DMN analysis needs an "
+                "atlas TSV with a dmn column shared by every site, see "
+                "docs/site-data-manager/README.md#atlases"
             )
     if params["harmonize"] == "combat":
         with steps("ComBat on edges"):
@@ -785,7 +830,7 @@ def _run_dmn(dataset, design, params, out, steps) -> dict[str, Any]:
         )
     figures = {"forest": {"png": "forest.png", "svg": "forest.svg"}}
     with steps("DMN glass brain"):
-        if _dmn_rois_figure(_atlas(atlas), out):
+        if _dmn_rois_figure(_atlas(dataset, atlas), out):
             figures["dmn_rois"] = {"png": "dmn_rois.png"}
     return {
         "dmn": {"outcome": "dmn_restmeta", "primary": primary, "models": models},
@@ -842,7 +887,7 @@ def _edge_matrix(values: np.ndarray, labels: list[str]) -> pd.DataFrame:
 
 def _run_edges(dataset, design, params, out, steps) -> dict[str, Any]:
     atlas_name = params["atlas"]
-    atlas = _atlas(atlas_name)
+    atlas = _atlas(dataset, atlas_name)
     with steps("connectivity"):
         Y = _edges(dataset, design, atlas_name)
         if Y.shape[1] != atlas.n_edges:
@@ -1062,10 +1107,19 @@ def _provenance(dataset: Any, params: dict[str, Any]) -> dict[str, Any]:
         "release_name": dataset.release_name,
         "release_hash": dataset.release_hash,
         "bundle_hashes": dataset.bundle_hashes,
+        "atlas_sha256": _atlas_hash(dataset, params.get("atlas")),
         "software": software_versions(),
         "parameters": params,
         "seed": params["seed"],
     }
+
+
+def _atlas_hash(dataset: Any, atlas: str | None) -> str | None:
+    """SHA-256 of the atlas definition the analysis used (all sites share it), if any."""
+    hashes = getattr(dataset, "atlas_hashes", None)
+    if atlas is None or not callable(hashes) or atlas not in getattr(dataset, "atlases", []):
+        return None
+    return next(iter(hashes(atlas).values()), None)
 
 
 def run_analysis(
@@ -1075,7 +1129,7 @@ def run_analysis(
     *,
     harmonize: str = "combat",
     contrast: str = "all",
-    atlas: str = "dosenbach160",
+    atlas: str | None = None,
     covariates: Sequence[str] = DEFAULT_COVARIATES,
     min_per_group: int = 10,
     permutations: int = 0,
@@ -1104,8 +1158,10 @@ def run_analysis(
     contrast : {"all", "recurrent", "fedn", "fedn_vs_recurrent"}
         All cases vs controls, recurrent cases vs controls, first-episode
         drug-naive cases vs controls, or first-episode drug-naive vs recurrent.
-    atlas : str
-        Atlas of the connectivity (``dmn``, ``networks``, ``edges``).
+    atlas : str or None
+        Name of the atlas of the connectivity (``dmn``, ``networks``, ``edges``);
+        by default the release's only atlas. Its definition is read from the
+        release (:meth:`consortium.dataset.Dataset.atlas`).
     covariates : sequence of str
         Canonical phenotype columns; those absent from the data are dropped
         with a note in ``results.json``.
@@ -1138,6 +1194,8 @@ def run_analysis(
     if permutations < 0:
         raise AnalysisError("permutations must be >= 0")
     out_dir = Path(out_dir)
+    if kind in ("dmn", "networks", "edges"):
+        atlas = _resolve_atlas(dataset, atlas)
     params = {
         "kind": kind,
         "harmonize": harmonize,
@@ -1183,6 +1241,8 @@ def _write_common(
             "sites_excluded": design.sites_excluded,
             "fixed": design.fixed,
             "covariates": design.covariates,
+            "covariates_dropped": design.covariates_dropped,
+            "subjects_excluded_missing_covariate": design.missing_covariate_exclusions,
             "dx_coding": {design.groups["case"]: 1, design.groups["control"]: -1},
             "model": "y ~ "
             + " + ".join(design.fixed)

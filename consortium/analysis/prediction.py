@@ -205,7 +205,7 @@ def features_from_dataset(
         atlas = atlas or _only(dataset.atlases, "atlas")
         if kind == "edges":
             X = np.array(dataset.connectivity(atlas), dtype=np.float64)
-            names = _edge_names(atlas, X.shape[1])
+            names = _edge_names(atlas, X.shape[1], _release_labels(dataset, atlas))
         else:
             table = dataset.network_summaries(atlas)
             X, names = table.to_numpy(dtype=np.float64), [str(c) for c in table.columns]
@@ -236,11 +236,20 @@ def _only(names: list[str], what: str) -> str:
     return names[0]
 
 
-def _edge_names(atlas_name: str, n_edges: int) -> list[str]:
+def _release_labels(dataset: Any, atlas_name: str) -> list[str] | None:
+    """ROI labels of the atlas definition the release carries (None if it has none)."""
     try:
-        from sites.atlas import load_atlas
+        return list(dataset.atlas(atlas_name).labels)
+    except (AttributeError, ValueError):
+        return None
 
-        labels = load_atlas(atlas_name).labels
+
+def _edge_names(atlas_name: str, n_edges: int, labels: list[str] | None = None) -> list[str]:
+    try:
+        if labels is None:
+            from sites.atlas import load_atlas
+
+            labels = load_atlas(atlas_name).labels
     except Exception:  # a custom atlas not known here: name edges by ROI index
         n = int(round((1 + np.sqrt(1 + 8 * n_edges)) / 2))
         labels = [str(i + 1) for i in range(n)]

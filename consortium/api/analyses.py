@@ -42,7 +42,11 @@ class AnalysisCreate(BaseModel):
     kind: Literal["dmn", "networks", "edges", "voxels"]
     harmonize: Literal["combat", "none"] = "combat"
     contrast: Literal["all", "recurrent", "fedn", "fedn_vs_recurrent"] = "all"
-    atlas: str = "dosenbach160"
+    atlas: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="atlas name (default: the release's only atlas)",
+    )
     metric: str | None = Field(None, description="voxel map (voxels only)")
     permutations: int = Field(0, ge=0, le=100_000)
     seed: int = 0

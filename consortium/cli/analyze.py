@@ -107,7 +107,11 @@ def _command(kind: str, summary: str):
         ),
         contrast: Contrast = typer.Option(Contrast.all, "--contrast"),
         harmonize: Harmonize = typer.Option(Harmonize.combat, "--harmonize"),
-        atlas: str = typer.Option("dosenbach160", "--atlas"),
+        atlas: str = typer.Option(
+            None,
+            "--atlas",
+            help="Atlas name, as the bundles carry it (default: the release's only atlas).",
+        ),
         metric: str = typer.Option(None, "--metric", help="Voxel map (voxels only)."),
         permutations: int = typer.Option(0, "--permutations", min=0),
         seed: int = typer.Option(0, "--seed"),

@@ -309,6 +309,35 @@ def _release_lines(release) -> list[str]:
     return lines
 
 
+def _member_lines(session, release, minimum: int) -> list[str]:
+    """Per site: subjects by group, and flags (small groups, superseded submissions)."""
+    from sqlalchemy import func, select
+
+    from consortium.db.models import Submission
+
+    lines = []
+    for m in release.members:
+        sub = session.get(Submission, m.submission_id)
+        groups = ", ".join(f"{label} {n}" for label, n in sorted(sub.group_counts.items()))
+        flags = [
+            f"below the minimum of {minimum} per group: {label} {n}"
+            for label, n in sorted(sub.group_counts.items())
+            if n < minimum
+        ]
+        earlier = session.execute(
+            select(func.count())
+            .select_from(Submission)
+            .where(Submission.site_id == m.site_id, Submission.superseded_by_id.is_not(None))
+        ).scalar_one()
+        if earlier:
+            flags.append(f"{earlier} earlier submission(s) superseded")
+        if sub.superseded_by_id is not None:
+            flags.append("this submission has since been superseded")
+        flag_text = "; ".join(flags) if flags else "none"
+        lines.append(f"  {m.site_id}: {sub.n_subjects} subjects ({groups})  flags: {flag_text}")
+    return lines
+
+
 def _print_release(release) -> None:
     for line in _release_lines(release):
         typer.echo(line)
@@ -334,6 +363,7 @@ def release_create(
         with coord.db.session() as session:
             release = create_release(session, name, _actor(), site_list, excluded)
             lines = _release_lines(release)
+            lines += _member_lines(session, release, coord.settings.min_per_group)
     except ConfedError as err:
         _fail(err)
     finally:

@@ -5,6 +5,8 @@ Layout of an export folder::
     subjects.csv                  subject (proposal pseudonym), site, granted columns
     networks_<atlas>.csv          subject + network-pair means (one per granted atlas)
     connectivity_<atlas>.npy      subjects x edges float32, rows as in subjects.csv
+    atlas_<atlas>.tsv             the release's definition of that atlas (ROI labels,
+                                  networks, DMN; edges in numpy triu_indices(k=1) order)
     map_<metric>.npy, map_<metric>_mask.nii.gz
     DATA_USE.txt                  the data-use agreement the recipient accepted
     manifest.json                 proposal, release hash, recipient, terms, sha256 of files
@@ -27,6 +29,7 @@ from consortium.db.base import utcnow
 from consortium.errors import ConfedError
 from consortium.proposals.scope import GrantView, ScopedData
 from consortium.proposals.settings import DUA_TEXT, DUA_VERSION
+from sites.atlas import atlas_tsv_bytes
 from sites.bundle import sha256_file
 
 MANIFEST = "manifest.json"
@@ -44,6 +47,8 @@ def _write_files(data: ScopedData, folder: Path) -> None:
         np.save(folder / f"{kind}_{name}.npy", np.asarray(values, dtype=np.float32))
         if kind == "map":
             data.mask_images[measure].to_filename(folder / f"map_{name}_mask.nii.gz")
+    for name, atlas in data.atlases.items():
+        (folder / f"atlas_{name}.tsv").write_bytes(atlas_tsv_bytes(atlas))
     (folder / "DATA_USE.txt").write_text(DUA_TEXT)
 
 

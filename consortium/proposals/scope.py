@@ -37,6 +37,8 @@ class ScopedData:
     dx_labels: dict[str, str] = field(default_factory=dict)
     # the release's subject keys, rows as ``subjects``: never leave the coordinator
     subject_keys: list[str] = field(default_factory=list, repr=False)
+    # atlas name -> sites.atlas.Atlas of each granted connectivity, from the release
+    atlases: dict[str, object] = field(default_factory=dict)
 
 
 def load_scoped(root, db_url: str | None, view: GrantView) -> ScopedData:
@@ -55,13 +57,14 @@ def load_scoped(root, db_url: str | None, view: GrantView) -> ScopedData:
     rows = ds.subjects.loc[keep]
     subjects = rows[["site", *view.columns]].reset_index(drop=True)
     subjects.insert(0, "subject", [pseudonym(view.pseudonym_key, k) for k in rows["subject_key"]])
-    tables, arrays, masks = {}, {}, {}
+    tables, arrays, masks, atlases = {}, {}, {}, {}
     for measure in view.measures:
         kind, name = measure.split(":", 1)
         if kind == "networks":
             tables[measure] = ds.network_summaries(name).loc[keep].reset_index(drop=True)
         elif kind == "connectivity":
             arrays[measure] = np.asarray(ds.connectivity(name))[keep]
+            atlases[name] = ds.atlas(name)
         elif kind == "map":
             mask, values = ds.maps(name)
             arrays[measure] = np.asarray(values[np.flatnonzero(keep)])
@@ -69,4 +72,4 @@ def load_scoped(root, db_url: str | None, view: GrantView) -> ScopedData:
         else:
             raise ConfedError("unknown_measure", f"measure {measure!r} is not known", 422)
     keys = [str(k) for k in rows["subject_key"]]
-    return ScopedData(subjects, tables, arrays, masks, dict(ds.dx_labels), keys)
+    return ScopedData(subjects, tables, arrays, masks, dict(ds.dx_labels), keys, atlases)

@@ -124,9 +124,9 @@ def test_builtin_ho111_bundle_has_no_network_but_one_summary(abide_dir, tmp_path
     bundle = read_bundle(path)
     assert bundle.site_id == "S09"
     nets = bundle.network_summaries("ho111")
-    assert list(nets.columns) == ["none__none"]
+    assert list(nets.columns) == ["unassigned__unassigned"]
     np.testing.assert_allclose(
-        nets["none__none"], bundle.connectivity("ho111").mean(axis=1), rtol=1e-5
+        nets["unassigned__unassigned"], bundle.connectivity("ho111").mean(axis=1), rtol=1e-5
     )
     assert not any(c in bundle.subjects.columns for c in ("FILE_ID", "SUB_ID", "subject_id"))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
@@ -23,7 +25,12 @@ from consortium.auth import Identity
 from consortium.coordinator import Coordinator
 from consortium.db.models import Submission, SubmissionFile
 from consortium.errors import ConfedError
-from consortium.ingest import IngestResult, ingest_archive, receive_upload, record_refusal
+from consortium.ingest import (
+    IngestResult,
+    ingest_unpacked,
+    receive_and_unpack,
+    record_refusal,
+)
 from consortium.receipts import capture
 
 router = APIRouter(prefix="/submissions", tags=["submissions"], responses=ERROR_RESPONSES)
@@ -99,30 +106,34 @@ async def upload(
 async def _receive_and_ingest(
     request: Request, identity: Identity, coord: Coordinator
 ) -> IngestResult:
-    """Stream the body to a temporary file and ingest it (refusals are recorded and raised)."""
+    """Unpack the body while it streams in, then ingest it (refusals are recorded and raised)."""
     limit = coord.settings.max_upload_bytes
     declared = request.headers.get("content-length")
-    tmp = coord.store.temp_path("upload")
+    workdir = coord.store.temp_path("ingest")
+    workdir.mkdir()
     try:
         try:
-            await receive_upload(request.stream(), tmp, limit, int(declared) if declared else None)
+            bundle_dir, size = await receive_and_unpack(
+                request.stream(), workdir, limit, int(declared) if declared else None, "upload"
+            )
         except ConfedError as err:
-            if err.status in (413, 507):  # too large, or the disk filled up
-                await run_in_threadpool(
-                    record_refusal,
-                    coord,
-                    identity.site_id,
-                    identity.actor,
-                    int(declared or 0),
-                    err,
-                )
+            shutil.rmtree(workdir, ignore_errors=True)  # before recording: the disk may be full
+            await run_in_threadpool(
+                record_refusal, coord, identity.site_id, identity.actor, int(declared or 0), err
+            )
             raise
-        result = await run_in_threadpool(
-            ingest_archive, coord, tmp, identity.site_id, identity.actor, "upload"
+        return await run_in_threadpool(
+            ingest_unpacked,
+            coord,
+            bundle_dir,
+            workdir,
+            identity.site_id,
+            identity.actor,
+            "upload",
+            size,
         )
     finally:
-        tmp.unlink(missing_ok=True)
-    return result
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _visible(identity: Identity, site_id: str | None):

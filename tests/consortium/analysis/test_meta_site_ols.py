@@ -33,7 +33,7 @@ from tests.factories import build_abide_bundle
 
 ABIDE_SITES = ("KKI", "OHSU", "STANFORD")
 COVARIATES = ["age", "sex", "mean_fd"]
-OUTCOME = "none__none"  # mean FC over all ho111 edges (the atlas has no networks)
+OUTCOME = "unassigned__unassigned"  # mean FC over all ho111 edges (no networks)
 MEASURE = "networks:ho111"
 
 

@@ -95,6 +95,7 @@ def make_bundle(out_dir: Path, site: str, site_index: int, n_case: int = 14,
         maps={"alff": (mask, voxels)},
         metadata={"dx_labels": labels},
         private_key=Ed25519PrivateKey.generate(),
+        atlases={atlas.name: atlas},
     )
 
 

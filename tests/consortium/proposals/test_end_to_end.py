@@ -16,6 +16,8 @@ from consortium.proposals.models import Grant
 from sites.bundle import read_bundle
 from tests.consortium.service.conftest import confed
 
+OUTCOME = "unassigned__unassigned"  # ho111 has no network assignment
+
 
 def _engine(server):
     return sa.create_engine(server.db_url or default_sqlite_url(server.root))
@@ -112,7 +114,7 @@ def test_proposal_flow(server, abide_bundles, tmp_path):
     for site in ("KKI", "STANFORD"):
         b = read_bundle(abide_bundles[site]["bundle"])
         frame = b.subjects[["subject_key", "dx", "age", "sex"]].copy()
-        frame["none__none"] = b.network_summaries("ho111")["none__none"].to_numpy()
+        frame[OUTCOME] = b.network_summaries("ho111")[OUTCOME].to_numpy()
         frame["site"] = site
         expected.append(frame)
     expected = pd.concat(expected, ignore_index=True)
@@ -128,10 +130,10 @@ def test_proposal_flow(server, abide_bundles, tmp_path):
     np.testing.assert_allclose(merged["age"], merged["age_ref"], rtol=1e-12)
     assert list(networks["subject"]) == list(subjects["subject"])
     nets = networks.merge(expected, on="subject")
-    np.testing.assert_allclose(nets["none__none_x"], nets["none__none_y"], rtol=1e-6)
+    np.testing.assert_allclose(nets[f"{OUTCOME}_x"], nets[f"{OUTCOME}_y"], rtol=1e-6)
 
     # Remote mixed model on the grant's data, checked against statsmodels.
-    query = {"analysis": "mixed_model", "measure": "networks:ho111", "outcome": "none__none"}
+    query = {"analysis": "mixed_model", "measure": "networks:ho111", "outcome": OUTCOME}
     with server.client(researcher) as r:
         res = r.post(f"/proposals/{code}/analyses", json={**query, "covariates": ["age", "sex"]})
         assert res.status_code == 200, res.text
@@ -164,7 +166,7 @@ def test_proposal_flow(server, abide_bundles, tmp_path):
 
     analysed = expected[~((expected["site"] == "KKI") & (expected["dx"] == "ASD"))]
     ref_data = analysed.assign(case=(analysed["dx"] == "ASD").astype(float))
-    ref = smf.mixedlm("none__none ~ case + age + sex", ref_data, groups="site").fit(reml=True)
+    ref = smf.mixedlm(f"{OUTCOME} ~ case + age + sex", ref_data, groups="site").fit(reml=True)
     fixed = result["fixed_effects"]
     assert abs(fixed["case"]["estimate"] - ref.params["case"]) < 1e-4 * (
         1 + abs(ref.params["case"])

@@ -202,6 +202,8 @@ def test_export_of_one_measure(world, measure, tmp_path):
     data_files = {"subjects.csv", "DATA_USE.txt", f"{kind}_{name}.npy"}
     if kind == "map":
         data_files.add(f"map_{name}_mask.nii.gz")
+    if kind == "connectivity":
+        data_files.add(f"atlas_{name}.tsv")  # the release's definition of the atlas
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         members = tar.getmembers()
         assert all(m.isfile() for m in members)

@@ -32,7 +32,11 @@ from tests.factories import build_abide_bundle
 
 MIN = 10
 DEFAULT_EDGES = [0, 12, 18, 30, 45, 65, 120]
-QUERY = {"analysis": "mixed_model", "measure": "networks:ho111", "outcome": "none__none"}
+QUERY = {
+    "analysis": "mixed_model",
+    "measure": "networks:ho111",
+    "outcome": "unassigned__unassigned",
+}
 
 
 @pytest.fixture(scope="session")

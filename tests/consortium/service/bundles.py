@@ -16,7 +16,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from sites.atlas import Atlas
 from sites.bundle import MANIFEST, SIGNATURE, write_bundle
+from sites.contract import n_rois_of
 from sites.keys import generate_keypair, load_private_key
 
 
@@ -73,7 +75,16 @@ def synthetic_bundle(
         maps=arrays["maps"],
         metadata={"dx_labels": {"case": "ASD", "control": "TDC"}},
         private_key=load_private_key(private_key),
+        atlases=_toy_atlas(arrays["edges"]),
     )
+
+
+def _toy_atlas(edges: np.ndarray) -> dict[str, Atlas]:
+    """The "toy" atlas of ``edges`` (ROIs ``r1``... in one network ``none``), if any."""
+    n = n_rois_of(int(np.shape(edges)[1])) if np.ndim(edges) == 2 else -1
+    if n < 2:
+        return {}
+    return {"toy": Atlas("toy", [f"r{i}" for i in range(1, n + 1)], ["none"] * n)}
 
 
 def tar_dir(bundle_dir: Path, out: Path, extra: list[tuple[tarfile.TarInfo, bytes]] = ()) -> Path:
