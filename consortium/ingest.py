@@ -108,17 +108,16 @@ def disk_full_error(exc: BaseException, what: str) -> ConfedError:
 class ChunkPipe(io.RawIOBase):
     """Bytes handed from the event loop to one reading thread, through a bounded queue.
 
-    The event loop :meth:`feed` s batches (in an executor, since a full queue
-    blocks) and calls :meth:`end`; the thread reads the pipe as a file. Once the
-    reader is gone (:meth:`reader_finished`), feeding stops at once instead of
-    waiting for a reader that will never come.
+    The event loop offers batches without ever blocking (:meth:`offer` returns
+    False while the queue is full, and the loop sleeps briefly instead of
+    waiting on a thread), and :meth:`close_input` ends the stream; the thread
+    reads the pipe as a file. :meth:`abort` ends the stream at once.
     """
 
     def __init__(self, max_batches: int = 16) -> None:
         super().__init__()
         self._queue: queue.Queue[bytes | None] = queue.Queue(max_batches)
         self._current = memoryview(b"")
-        self._reader_gone = threading.Event()
         self._aborted = threading.Event()
         self._eof = False
 
@@ -143,39 +142,53 @@ class ChunkPipe(io.RawIOBase):
         self._current = self._current[n:]
         return n
 
-    def feed(self, data: bytes | None) -> None:
-        while not self._reader_gone.is_set():
-            try:
-                self._queue.put(data, timeout=0.05)
-                return
-            except queue.Full:
-                continue
-
-    def end(self) -> None:
-        self.feed(None)
-
-    def reader_finished(self) -> None:
-        self._reader_gone.set()
+    def offer(self, data: bytes | None) -> bool:
+        """Queue ``data`` (``None``: end of stream) if there is room; never blocks."""
+        try:
+            self._queue.put_nowait(data)
+            return True
+        except queue.Full:
+            return False
 
     def abort(self) -> None:
         """End the stream now: the reader sees end of data after what it holds."""
         self._aborted.set()
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
+
+
+async def _hand_over(pipe: ChunkPipe, data: bytes | None, reader: asyncio.Future) -> None:
+    """Queue ``data`` for the reader, yielding to the event loop while the queue is full."""
+    while not reader.done() and not pipe.offer(data):
+        await asyncio.sleep(0.002)
+
+
+def _start_reader(pipe: ChunkPipe, dest: Path, name: str) -> asyncio.Future:
+    """Unpack from ``pipe`` in a thread of its own; its outcome as a future of this loop.
+
+    A dedicated thread, not the shared executor: a reader waits for data that only
+    the event loop supplies, and many concurrent uploads must never use up the
+    threads that other work needs.
+    """
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future = loop.create_future()
+
+    def settle(result: Path | None, error: BaseException | None) -> None:
+        if outcome.done():
+            return
+        if error is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(result)
+
+    def run() -> None:
         try:
-            self._queue.put_nowait(None)
-        except queue.Full:  # the reader took nothing and a feeder raced us: it ends anyway
-            pass
+            result = unpack_stream(pipe, dest, name)
+        except BaseException as exc:  # handed to the event loop, raised there
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
 
-
-def _unpack_from(pipe: ChunkPipe, dest: Path, name: str) -> Path:
-    try:
-        return unpack_stream(pipe, dest, name)
-    finally:
-        pipe.reader_finished()
+    threading.Thread(target=run, name="confed-unpack", daemon=True).start()
+    return outcome
 
 
 async def receive_and_unpack(
@@ -183,11 +196,11 @@ async def receive_and_unpack(
 ) -> tuple[Path, int]:
     """Unpack an upload stream into ``dest`` while it is received.
 
-    A worker thread unpacks the archive (:func:`sites.archive.unpack_stream`)
-    from batches of :data:`WRITE_BATCH` bytes that the event loop hands over as
-    they arrive, so the archive is never stored whole, the event loop never
-    waits for the disk, and a refusal (a compressed archive, too many members)
-    stops the upload at once.
+    A thread unpacks the archive (:func:`sites.archive.unpack_stream`) from
+    batches of :data:`WRITE_BATCH` bytes that the event loop hands over as they
+    arrive, so the archive is never stored whole, the event loop never waits for
+    the disk, and a refusal (a compressed archive, too many members) stops the
+    upload at once.
 
     Returns
     -------
@@ -204,27 +217,28 @@ async def receive_and_unpack(
         raise _rejected(
             "too_large", f"upload of {declared} bytes exceeds the limit of {limit} bytes", 413
         )
-    loop = asyncio.get_running_loop()
     pipe = ChunkPipe()
-    reader = loop.run_in_executor(None, _unpack_from, pipe, dest, name)
+    reader = _start_reader(pipe, dest, name)
     size = 0
     try:
         batch: list[bytes] = []
+        pending = 0
         async for chunk in chunks:
             size += len(chunk)
             if size > limit:
                 raise _rejected("too_large", f"upload exceeds the limit of {limit} bytes", 413)
             batch.append(chunk)
-            if sum(map(len, batch)) >= WRITE_BATCH:
+            pending += len(chunk)
+            if pending >= WRITE_BATCH:
                 if reader.done():
                     break  # refused already: no need to receive the rest
-                await loop.run_in_executor(None, pipe.feed, b"".join(batch))
-                batch = []
+                await _hand_over(pipe, b"".join(batch), reader)
+                batch, pending = [], 0
         if size == 0:
             raise _rejected("empty_upload", "the upload is empty", 400)
         if batch:
-            await loop.run_in_executor(None, pipe.feed, b"".join(batch))
-        await loop.run_in_executor(None, pipe.end)
+            await _hand_over(pipe, b"".join(batch), reader)
+        await _hand_over(pipe, None, reader)
         return await reader, size
     except ArchiveError as exc:
         raise _archive_refusal(exc) from exc
