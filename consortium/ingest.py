@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -57,6 +56,7 @@ from sites.bundle import (
     SIGNATURE,
     SUPPORTED_VERSIONS,
     BundleError,
+    check_contract,
     read_bundle,
     verify_manifest_signature,
 )
@@ -345,42 +345,6 @@ def _check_finite(name: str, values: np.ndarray, keys: list[str], bound: float |
         )
 
 
-def _check_contract(bundle) -> None:
-    """Every table, column, string and manifest name against :mod:`sites.contract`."""
-    manifest = bundle.manifest
-    contract.check_manifest(manifest)
-    subjects: pd.DataFrame = bundle.subjects
-    contract.check_subjects_table(
-        subjects, manifest.get("dx_labels"), contract.declared_extras(manifest)
-    )
-    contract.check_qc_tables(bundle.qc, bundle.qc_reasons)
-    contract.check_included(bundle.qc, subjects)
-    expected = {"subjects.parquet", "qc.parquet", "qc_reasons.parquet"}
-    for atlas in bundle.atlases:
-        expected |= {f"connectivity_{atlas}.parquet", f"networks_{atlas}.parquet"}
-        name = f"connectivity_{atlas}.parquet"
-        columns = pq.read_schema(bundle.path / name).names
-        if columns != ["subject_key", "edges"]:
-            raise contract.ContractError(
-                f"{name}: columns {columns[:5]} are not ['subject_key', 'edges']"
-            )
-        contract.check_network_table(bundle.network_summaries(atlas), f"networks_{atlas}.parquet")
-        _check_atlas_table(bundle, atlas)
-    unknown = sorted(f for f in bundle.files if f.endswith(".parquet") and f not in expected)
-    if unknown:
-        raise contract.ContractError(f"{unknown[0]}: not a table of the bundle format")
-
-
-def _check_atlas_table(bundle, atlas: str) -> None:
-    """The bundle carries the atlas definition its manifest pins, valid by the contract."""
-    from sites.bundle import BundleError
-
-    try:
-        bundle.atlas_table(atlas)
-    except BundleError as exc:
-        raise contract.ContractError(str(exc)) from exc
-
-
 def check_values(bundle) -> dict[str, int]:
     """Contract and value checks beyond the bundle format; returns group counts by label.
 
@@ -392,7 +356,7 @@ def check_values(bundle) -> dict[str, int]:
         non-finite or implausibly large connectivity and map values.
     """
     try:
-        _check_contract(bundle)
+        check_contract(bundle)
     except contract.ContractError as exc:
         raise _rejected("contract_violation", str(exc)) from exc
     subjects: pd.DataFrame = bundle.subjects

@@ -533,6 +533,44 @@ def _extract_tar(path: Path) -> tuple[Path, tempfile.TemporaryDirectory]:
     return Path(tmp.name), tmp
 
 
+def check_contract(bundle: Bundle) -> None:
+    """Every table, column, string and manifest name of ``bundle`` against the contract.
+
+    The one check both sides run: ``confed site validate`` at the site and the
+    coordinator at ingest (where the site agent already ran it before signing).
+
+    Raises
+    ------
+    sites.contract.ContractError
+        Naming the file and column.
+    """
+    manifest = bundle.manifest
+    contract.check_manifest(manifest)
+    subjects: pd.DataFrame = bundle.subjects
+    contract.check_subjects_table(
+        subjects, manifest.get("dx_labels"), contract.declared_extras(manifest)
+    )
+    contract.check_qc_tables(bundle.qc, bundle.qc_reasons)
+    contract.check_included(bundle.qc, subjects)
+    expected = {"subjects.parquet", "qc.parquet", "qc_reasons.parquet"}
+    for atlas in bundle.atlases:
+        expected |= {f"connectivity_{atlas}.parquet", f"networks_{atlas}.parquet"}
+        name = f"connectivity_{atlas}.parquet"
+        columns = pq.read_schema(bundle._file(name)).names
+        if columns != ["subject_key", "edges"]:
+            raise contract.ContractError(
+                f"{name}: columns {columns[:5]} are not ['subject_key', 'edges']"
+            )
+        contract.check_network_table(bundle.network_summaries(atlas), f"networks_{atlas}.parquet")
+        try:
+            bundle.atlas_table(atlas)
+        except BundleError as exc:
+            raise contract.ContractError(str(exc)) from exc
+    unknown = sorted(f for f in bundle.files if f.endswith(".parquet") and f not in expected)
+    if unknown:
+        raise contract.ContractError(f"{unknown[0]}: not a table of the bundle format")
+
+
 def read_bundle(
     path: str | Path, verify: bool = True, public_key_pem: bytes | None = None
 ) -> Bundle:

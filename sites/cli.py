@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sites.bundle import BundleError, describe_bundle, export_bundle, read_bundle
+from sites.bundle import BundleError, check_contract, describe_bundle, export_bundle, read_bundle
 from sites.contract import check_name
 from sites.keys import fingerprint, generate_keypair
 from sites.pseudonym import new_secret
@@ -182,12 +182,11 @@ def validate_command(
         None, "--public-key", help="Check the signature against this PEM public key."
     ),
 ) -> None:
-    """Re-check a bundle: format version, signature, file list, sizes, SHA-256."""
+    """Re-check a bundle: format version, signature, file list, sizes, SHA-256, contract."""
     try:
         pem = public_key.read_bytes() if public_key else None
         bundle = read_bundle(path, verify=True, public_key_pem=pem)
-        bundle.subjects  # noqa: B018 - the tables must also be readable
-        bundle.qc  # noqa: B018
+        check_contract(bundle)  # what the coordinator checks at ingest, checked here first
     except EXPECTED_ERRORS as exc:
         _fail(exc)
     out.print(f"[green]valid[/green] {describe_bundle(bundle)}", soft_wrap=True)

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
+from sites.atlas import Atlas
 from sites.bundle import BundleError, read_bundle, write_bundle
 from sites.cli import app
 from sites.keys import public_pem
@@ -59,6 +60,7 @@ def _small_bundle(path: Path, key: Ed25519PrivateKey | None = None, **kwargs) ->
         qc_reasons=reasons,
         connectivity={"toy": edges},
         networks={"toy": nets},
+        atlases={"toy": Atlas("toy", [f"r{i}" for i in range(1, 6)], ["a"] * 5)},
         metadata={"dx_labels": {"case": "MDD", "control": "HC"}},
         private_key=key or Ed25519PrivateKey.generate(),
         **kwargs,
@@ -95,6 +97,7 @@ def test_roundtrip_and_hash(bundle_dir):
         "qc_reasons.parquet",
         "connectivity_toy.parquet",
         "networks_toy.parquet",
+        "atlases/toy.tsv",
     }
     code, output = _validate(bundle_dir)
     assert code == 0 and "valid" in output

@@ -95,3 +95,23 @@ def test_old_free_text_format_version_refused(server, site_keys, tmp_path, versi
     r = server.upload(token, tar_dir(bundle, tmp_path / "old.tar"))
     assert r.status_code == 422 and r.json()["error"]["code"] == "unsupported_format_version"
     assert "2.0" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("what", sorted(ATTACKS))
+def test_site_validate_refuses_what_ingest_refuses(tmp_path, site_keys, what):
+    """`confed site validate` runs the same contract check as ingest, with the same words."""
+    from typer.testing import CliRunner
+
+    from sites.cli import app
+
+    name, change, manifest, needles = ATTACKS[what]
+    tar = _forged(tmp_path, site_keys, name, change, **manifest)
+    result = CliRunner().invoke(app, ["validate", str(tar)])
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    output = " ".join(result.output.split())
+    for needle in needles:
+        assert needle in output, (needle, output)
+    clean = synthetic_bundle(tmp_path / "clean" / "S01", "S01", site_keys["S01"][0])
+    ok = CliRunner().invoke(app, ["validate", str(clean)])
+    assert ok.exit_code == 0 and "valid" in ok.output, ok.output
