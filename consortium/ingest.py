@@ -256,8 +256,19 @@ async def receive_and_unpack(
 # --------------------------------------------------------------------------- tar extraction
 
 
+#: The HTTP status of each archive refusal (:class:`sites.archive.ArchiveError` codes).
+ARCHIVE_STATUS = {
+    "bad_archive": 400,
+    "unsafe_archive": 400,
+    "compressed_archive": 415,
+    "too_many_files": 413,
+    "too_large": 413,
+    "bad_bundle": 422,
+}
+
+
 def _archive_refusal(exc: ArchiveError) -> ConfedError:
-    return _rejected(exc.code, exc.message, exc.status)
+    return _rejected(exc.code, exc.message, ARCHIVE_STATUS[exc.code])
 
 
 def safe_extract(tar_path: Path, dest: Path, max_bytes: int, archive_name: str) -> Path:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sites import contract
 from sites.atlas import Atlas, load_atlas
 from sites.bundle import write_bundle
 from sites.config import ConfigError, ConnectivityConfig, SiteConfig
@@ -441,7 +442,7 @@ def _metadata(config: SiteConfig, sources: list[_Source]) -> dict:
             }
             for m in config.maps
         },
-        "pseudonymization": "HMAC-SHA256(site secret, '<site_id>:<subject_id>'), hex",
+        "pseudonymization": contract.PSEUDONYMIZATION,
         "phenotype_columns": sorted(
             set(config.phenotypes.columns.values()) - {"subject_id"}
             | set(config.phenotypes.allow)

@@ -51,15 +51,12 @@ class ArchiveError(BundleError):
     code : str
         Machine-readable reason (``bad_archive``, ``unsafe_archive``,
         ``compressed_archive``, ``too_many_files``, ``too_large``, ``bad_bundle``).
-    status : int
-        The HTTP status the coordinator answers with.
     """
 
-    def __init__(self, message: str, code: str = "bad_archive", status: int = 400) -> None:
+    def __init__(self, message: str, code: str = "bad_archive") -> None:
         super().__init__(message)
         self.message = message
         self.code = code
-        self.status = status
 
 
 @dataclass
@@ -84,7 +81,6 @@ def _refuse_compressed(head: bytes, name: str) -> None:
                 f"{name}: the archive is {kind}-compressed; a bundle is sent as an "
                 "uncompressed tar (as `confed site export` and `confed site submit` write it)",
                 "compressed_archive",
-                415,
             )
 
 
@@ -114,7 +110,6 @@ def _check_count(n_before: int, name: str) -> None:
             f"{name}: more than {contract.MAX_BUNDLE_FILES} members; a bundle holds a "
             "few dozen files",
             "too_many_files",
-            413,
         )
 
 
@@ -154,9 +149,9 @@ def _layout(members: list[tarfile.TarInfo], name: str) -> tuple[tarfile.TarInfo,
     ]
     manifests = [m for m in manifests if len(PurePosixPath(m.name).parts) <= 2]
     if not manifests:
-        raise ArchiveError(f"{name}: no {MANIFEST} at the top of the archive", "bad_bundle", 422)
+        raise ArchiveError(f"{name}: no {MANIFEST} at the top of the archive", "bad_bundle")
     if len(manifests) > 1:
-        raise ArchiveError(f"{name}: more than one {MANIFEST}", "bad_bundle", 422)
+        raise ArchiveError(f"{name}: more than one {MANIFEST}", "bad_bundle")
     prefix = PurePosixPath(manifests[0].name).parts[:-1]
     if prefix:
         _contract_name(prefix[0], f"{name}: top folder")
@@ -196,7 +191,6 @@ def _check_manifest_size(info: tarfile.TarInfo, name: str) -> None:
             f"{name}: {MANIFEST} has {info.size} bytes, more than the limit of "
             f"{contract.MAX_MANIFEST_BYTES}",
             "bad_bundle",
-            422,
         )
 
 
@@ -222,16 +216,16 @@ def _check_sizes(plan: ArchivePlan, declared: dict[str, int], name: str) -> None
             limit = contract.MAX_SIGNER_BYTES
             if info.size > limit:
                 raise ArchiveError(
-                    f"{name}: {rel} has {info.size} bytes (at most {limit})", "bad_bundle", 422
+                    f"{name}: {rel} has {info.size} bytes (at most {limit})",
+                    "bad_bundle",
                 )
         elif rel not in declared:
-            raise ArchiveError(f"{rel}: extra file not in manifest", "bad_bundle", 422)
+            raise ArchiveError(f"{rel}: extra file not in manifest", "bad_bundle")
         elif info.size != declared[rel]:
             raise ArchiveError(
                 f"{rel}: size check failed ({info.size} bytes in the archive, manifest says "
                 f"{declared[rel]})",
                 "bad_bundle",
-                422,
             )
 
 
@@ -249,7 +243,7 @@ def _plan(
         plan.manifest = contract.parse_manifest(plan.manifest_bytes)
         declared = contract.check_manifest_files(plan.manifest)
     except contract.ContractError as exc:
-        raise ArchiveError(str(exc), "bad_bundle", 422) from exc
+        raise ArchiveError(str(exc), "bad_bundle") from exc
     _check_sizes(plan, declared, name)
     return plan, prefix
 
@@ -268,7 +262,7 @@ def scan_archive(
     end : int
         The archive file's size in bytes.
     max_bytes : int, optional
-        Refuse (``too_large``, 413) if the files would unpack to more.
+        Refuse (``too_large``) if the files would unpack to more.
 
     Returns
     -------
@@ -279,7 +273,8 @@ def scan_archive(
     plan, _ = _plan(members, name, lambda info, _prefix: _read_manifest(archive, info, name))
     if max_bytes is not None and plan.total > max_bytes:
         raise ArchiveError(
-            f"{name}: unpacks to {plan.total} bytes (limit {max_bytes})", "too_large", 413
+            f"{name}: unpacks to {plan.total} bytes (limit {max_bytes})",
+            "too_large",
         )
     return plan
 
@@ -343,7 +338,7 @@ def unpack_archive(
             target.parent.mkdir(parents=True, exist_ok=True)
             written += _copy_member(archive, info, target, name)
             if written > plan.total:  # cannot happen: each copy is bounded by its header
-                raise ArchiveError(f"{name}: unpacked more than declared", "too_large", 413)
+                raise ArchiveError(f"{name}: unpacked more than declared", "too_large")
     return plan
 
 

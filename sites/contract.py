@@ -439,17 +439,14 @@ def check_subjects_table(
     """
     labels = check_dx_labels(dx_labels)
     extras = set(extras) - set(PHENOTYPE_COLUMNS)
-    for column in df.columns:
-        if not isinstance(column, str) or (
-            column not in PHENOTYPE_COLUMNS and column not in extras
-        ):
-            raise ContractError(
-                f"{where}: column {str(column)[:64]!r} is not allowed (canonical columns: "
-                f"{', '.join(PHENOTYPE_COLUMNS)}; extras must be allow-listed by the site)"
-            )
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ContractError(f"{where}: missing required column(s) {missing}")
+    _check_columns(
+        df,
+        (*PHENOTYPE_COLUMNS, *sorted(extras)),
+        REQUIRED_COLUMNS,
+        where,
+        f"canonical columns: {', '.join(PHENOTYPE_COLUMNS)}; extras must be allow-listed "
+        "by the site",
+    )
     _check_key_column(df["subject_key"], where)
     keys = df["subject_key"]
     if keys.duplicated().any():
@@ -534,12 +531,14 @@ def join_codes(codes: Iterable[str]) -> str:
     return REASON_SEPARATOR.join(sorted(set(codes)))
 
 
-def _check_columns(df: pd.DataFrame, allowed: tuple[str, ...], required, where: str) -> None:
+def _check_columns(
+    df: pd.DataFrame, allowed: tuple[str, ...], required, where: str, hint: str = ""
+) -> None:
     for column in df.columns:
-        if column not in allowed:
+        if not isinstance(column, str) or column not in allowed:
             raise ContractError(
-                f"{where}: column {str(column)[:64]!r} is not allowed (allowed: "
-                f"{', '.join(allowed)})"
+                f"{where}: column {str(column)[:64]!r} is not allowed "
+                f"({hint or 'allowed: ' + ', '.join(allowed)})"
             )
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -703,8 +702,67 @@ def check_atlas_table(table: pd.DataFrame, n_edges: int | None, where: str) -> N
             raise ContractError(f"{where}: columns x, y, z must hold finite numbers")
 
 
+#: Top-level keys a manifest may hold; any other is refused (it could carry free text).
+MANIFEST_KEYS = frozenset(
+    {
+        "format_version", "site_id", "created", "software", "dx_labels", "connectivity",
+        "motion", "qc_rules", "maps", "pseudonymization", "phenotype_columns", "counts", "files",
+    }
+)  # fmt: skip
+#: How subject keys are made; the manifest states it in these exact words.
+PSEUDONYMIZATION = "HMAC-SHA256(site secret, '<site_id>:<subject_id>'), hex"
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+#: String values that are not contract names, by manifest path (``*``: any key or index).
+_MANIFEST_STRINGS: dict[tuple[str, ...], re.Pattern] = {
+    ("created",): re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)?"),
+    ("pseudonymization",): re.compile(re.escape(PSEUDONYMIZATION)),
+    ("connectivity", "*", "labels", "*"): ATLAS_LABEL_RE,
+    ("connectivity", "*", "networks", "*"): ATLAS_LABEL_RE,
+    ("connectivity", "*", "columns"): re.compile(r"[0-9]+(-[0-9]+)?( *, *[0-9]+(-[0-9]+)?)*"),
+    ("connectivity", "*", "atlas_sha256"): _HEX64_RE,
+    ("files", "*", "sha256"): _HEX64_RE,
+}
+
+
+def _string_rule(path: tuple[str, ...]) -> re.Pattern:
+    for pattern, rule in _MANIFEST_STRINGS.items():
+        same_length = len(pattern) == len(path)
+        if same_length and all(p in ("*", q) for p, q in zip(pattern, path, strict=True)):
+            return rule
+    return NAME_RE
+
+
+def _check_manifest_values(value: object, path: tuple[str, ...]) -> None:
+    """Every key and string of the manifest is a name, or a value of a fixed form."""
+    where = "manifest.json: " + ".".join(path)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if path[:1] != ("files",):  # file keys: check_bundle_path
+                check_name(key, f"{where} key")
+            _check_manifest_values(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for item in value:
+            _check_manifest_values(item, (*path, "*"))
+    elif isinstance(value, str):
+        rule = _string_rule(path)
+        if not rule.fullmatch(value) or (rule is NAME_RE and ".." in value):
+            # The value is not echoed: it may be the very free text being refused.
+            raise ContractError(f"{where}: not a name or a controlled value")
+
+
 def check_manifest(manifest: Mapping) -> None:
-    """Check the manifest's string-valued fields: site id, labels, names, columns."""
+    """Check the manifest's keys and string values: names, codes and fixed forms only.
+
+    No free text can travel in a manifest: unknown top-level keys are refused,
+    and every string is a contract name unless its place has a fixed form (a
+    timestamp, a hash, an atlas label, an ROI selection).
+    """
+    unknown = sorted(set(manifest) - MANIFEST_KEYS)
+    if unknown:
+        key = str(unknown[0])
+        shown = repr(key) if NAME_RE.fullmatch(key) else "(not a name)"
+        raise ContractError(f"manifest.json: key {shown} is not allowed")
+    _check_manifest_values({k: v for k, v in manifest.items() if k != "files"}, ())
     check_name(manifest.get("site_id"), "manifest.json: site_id")
     check_dx_labels(manifest.get("dx_labels"))
     for section in ("connectivity", "maps"):

@@ -17,7 +17,7 @@ import traceback
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from consortium import audit
 from consortium.api.deps import get_coordinator, require_roles
-from consortium.api.schemas import ERROR_RESPONSES
+from consortium.api.schemas import ERROR_RESPONSES, ReleaseName, contract_name
 from consortium.auth import Identity
 from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
@@ -37,17 +37,19 @@ _STATE_LOCK = threading.Lock()
 _STARTED: set[str] = set()  # jobs started by this server process
 
 
+AtlasName = Annotated[str, contract_name("atlas name")]
+MetricName = Annotated[str, contract_name("map metric")]
+
+
 class AnalysisCreate(BaseModel):
-    release: str = Field(description="name of an existing release")
+    release: ReleaseName = Field(description="name of an existing release")
     kind: Literal["dmn", "networks", "edges", "voxels"]
     harmonize: Literal["combat", "none"] = "combat"
     contrast: Literal["all", "recurrent", "fedn", "fedn_vs_recurrent"] = "all"
-    atlas: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-        description="atlas name (default: the release's only atlas)",
+    atlas: AtlasName | None = Field(
+        None, description="atlas name (default: the release's only atlas)"
     )
-    metric: str | None = Field(None, description="voxel map (voxels only)")
+    metric: MetricName | None = Field(None, description="voxel map (voxels only)")
     permutations: int = Field(0, ge=0, le=100_000)
     seed: int = 0
     min_per_group: int = Field(10, ge=1)

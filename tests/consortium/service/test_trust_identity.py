@@ -115,3 +115,23 @@ def test_site_validate_refuses_what_ingest_refuses(tmp_path, site_keys, what):
     clean = synthetic_bundle(tmp_path / "clean" / "S01", "S01", site_keys["S01"][0])
     ok = CliRunner().invoke(app, ["validate", str(clean)])
     assert ok.exit_code == 0 and "valid" in ok.output, ok.output
+
+
+@pytest.mark.parametrize(
+    ("manifest", "needle"),
+    [
+        ({"notes": "John Doe, born 1971-03-02"}, "'notes'"),
+        ({"motion": {"source": "phenotype", "fd_definition": "Jane Doe"}}, "fd_definition"),
+        ({"software": {"name": "confed", "version": "/home/jdoe/confed"}}, "software.version"),
+    ],
+)
+def test_free_text_in_the_manifest_is_refused(server, site_keys, tmp_path, manifest, needle):
+    """Every key and string of a signed manifest is a name or a value of a fixed form."""
+    token = server.add_site("S01", site_keys["S01"][1])
+    bundle = synthetic_bundle(tmp_path / "m" / "S01", "S01", site_keys["S01"][0])
+    resign(bundle, site_keys["S01"][0], **manifest)
+    r = server.upload(token, tar_dir(bundle, tmp_path / "m.tar"))
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "contract_violation" and needle in error["message"], error
+    assert "John Doe" not in error["message"] and "/home/jdoe" not in error["message"]
