@@ -75,6 +75,11 @@ def authenticate(session: Session, plaintext: str | None) -> Identity:
     ).scalar_one_or_none()
     if token is None:
         raise ConfedError("unauthorized", "unknown token", 401)
+    return check_token(token)
+
+
+def check_token(token: Token) -> Identity:
+    """The identity of a stored token, or a 401 error if it is revoked or expired."""
     if token.revoked_at is not None:
         raise ConfedError("unauthorized", f"token {token.id} was revoked", 401)
     if token.expires_at <= utcnow():

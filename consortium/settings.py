@@ -33,7 +33,13 @@ class Settings:
     token_days : int
         Default lifetime of new API tokens.
     max_json_bytes : int
-        Largest request body of every route but the bundle upload (413 beyond it).
+        Largest request body of every route but the bundle upload and the federated
+        result route (413 beyond it).
+    max_federated_message_bytes : int
+        Largest body of ``POST /federated/tasks/{id}/result`` (a site's signed
+        message). Per-feature messages grow with the features: about 11 bytes per
+        value, e.g. 1.2 MB for the 12,720 edges of Dosenbach-160 with a 5-covariate
+        design; 64 MiB allows about 6 million values (some 600,000 voxels).
     auth_fail_limit, auth_fail_window : int
         After this many refused tokens (401) from one client address within this
         many seconds, that address gets 429 until the window has passed.
@@ -52,6 +58,7 @@ class Settings:
     min_per_group: int = 10
     token_days: int = 365
     max_json_bytes: int = 1024**2
+    max_federated_message_bytes: int = 64 * 1024**2
     auth_fail_limit: int = 10
     auth_fail_window: int = 60
     checkpoint_file: str | None = None

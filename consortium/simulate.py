@@ -90,6 +90,7 @@ import scipy.io
 from scipy import ndimage, signal
 
 from sites.atlas import Atlas, load_atlas
+from sites.config import write_toml
 
 FACTS_FILE = "restmeta_sites.csv"
 TIMESERIES_FORMATS = ("1D", "mat", "tsv", "1D.gz")
@@ -771,49 +772,8 @@ def write_site_config(site: SimulatedSite, path: str | Path | None = None) -> Pa
     if path.exists():
         current = tomllib.loads(path.read_text())
         head = {"site_id": current.get("site_id", site.site_id), "keys": current.get("keys", {})}
-    text = "# written by consortium.simulate for a simulated site\n" + to_toml(
-        {**head, **site.data_config}
-    )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
-def to_toml(data: dict, prefix: str = "") -> str:
-    """Serialize nested dicts of strings/numbers (and lists of tables) as TOML."""
-    lines = [
-        f"{_toml_key(k)} = {_toml_value(v)}"
-        for k, v in data.items()
-        if not isinstance(v, dict) and not _is_table_list(v)
-    ]
-    for key, value in data.items():
-        name = f"{prefix}{_toml_key(key)}"
-        if isinstance(value, dict):
-            lines += ["", f"[{name}]", to_toml(value, prefix=name + ".").rstrip("\n")]
-        elif _is_table_list(value):
-            for item in value:
-                lines += ["", f"[[{name}]]", to_toml(item, prefix=name + ".").rstrip("\n")]
-    return "\n".join(line for line in lines) + "\n"
-
-
-def _is_table_list(value: object) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(str(key))
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    header = "written by consortium.simulate for a simulated site"
+    return write_toml(path, {**head, **site.data_config}, header=header)
 
 
 # ---------------------------------------------------------------- helpers

@@ -32,7 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .combat import CovariateEncoder, _check_finite_chunk, _chunks, adjust, empirical_bayes
+from ._design import _check_finite_chunk
+from ._engine import _chunks, adjust
+from .covariates import CovariateEncoder
+from .eb import empirical_bayes
 
 __all__ = [
     "DesignSpec",

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -37,14 +38,10 @@ import pandas as pd
 from scipy.interpolate import BSpline
 from scipy.linalg import cho_factor, eigh, solve_triangular
 
-from .combat import (
-    ComBat,
-    CovariateEncoder,
-    LSStats,
-    _check_finite_chunk,
-    _chunks,
-    _constant_within_site,
-)
+from ._design import _check_finite_chunk
+from ._engine import LSStats, _chunks, _constant_within_site
+from .combat import ComBat
+from .covariates import CovariateEncoder
 
 __all__ = ["GAMComBat", "SplineBasis", "SplineCovariateEncoder", "penalized_stats"]
 
@@ -262,6 +259,24 @@ def penalized_stats(
     return LSStats(coef=coef, ssr_site=ssr, constant=constant), lambdas, edf
 
 
+def _gam_block_stats(
+    X: np.ndarray,
+    design: np.ndarray,
+    penalty: np.ndarray,
+    site_idx: np.ndarray,
+    n_sites: int,
+    n_lambdas: int,
+    lambdas: Sequence[float] | None,
+    chunk: int | None = None,
+) -> LSStats:
+    """:func:`penalized_stats` as a mean model: lambdas and edf as extra per-feature rows."""
+    stats, lam, edf = penalized_stats(
+        X, design, penalty, site_idx, n_sites, n_lambdas, chunk, lambdas
+    )
+    stats.extra = {"lambda_": lam, "edf_": edf}
+    return stats
+
+
 class GAMComBat(ComBat):
     """ComBat with smooth (penalized cubic spline) covariate effects, all features at once.
 
@@ -279,7 +294,7 @@ class GAMComBat(ComBat):
         Explicit grid instead (one value: a fixed smoothing parameter; the
         penalty is ``lambda * integral(f''(t)^2 dt)`` on the residual sum of
         squares, statsmodels' ``alpha``).
-    eb, parametric, mean_only, ref_site, new_sites, chunk
+    eb, parametric, mean_only, ref_site, new_sites, chunk, engine, client
         As in :class:`ComBat`.
 
     Attributes
@@ -299,6 +314,8 @@ class GAMComBat(ComBat):
     Pomponio et al. (2020) NeuroImage 208, 116450; Wood (2017); Craven & Wahba (1979).
     """
 
+    _EXTRA_ARRAYS = ("lambda_", "edf_")
+
     def __init__(
         self,
         smooth_terms: Sequence[str] = ("age",),
@@ -312,35 +329,39 @@ class GAMComBat(ComBat):
         ref_site: Any = None,
         new_sites: str = "estimate",
         chunk: int | None = None,
+        engine: str = "numpy",
+        client: Any = None,
     ) -> None:
-        super().__init__(eb, parametric, mean_only, ref_site, new_sites, chunk)
+        super().__init__(eb, parametric, mean_only, ref_site, new_sites, chunk, engine, client)
         self.smooth_terms = smooth_terms
         self.df = df
         self.degree = degree
         self.n_lambdas = n_lambdas
         self.lambdas = lambdas
 
+    def _check_params(self) -> None:
+        super()._check_params()
+        terms = self.smooth_terms
+        if isinstance(terms, str) or not all(isinstance(c, str) for c in terms) or not terms:
+            raise ValueError(
+                f"smooth_terms must be a non-empty sequence of column names, got {terms!r}"
+            )
+        for name, low in (("degree", 1), ("n_lambdas", 1), ("df", self.degree + 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.lambdas is not None:
+            grid = np.asarray(self.lambdas, dtype=float).ravel()
+            if grid.size == 0 or not np.all(np.isfinite(grid) & (grid >= 0)):
+                raise ValueError(f"lambdas must be finite values >= 0, got {self.lambdas!r}")
+
     def _make_encoder(self) -> SplineCovariateEncoder:
         return SplineCovariateEncoder(
             smooth_terms=[str(c) for c in self.smooth_terms], df=self.df, degree=self.degree
         )
 
-    def _mean_model_stats(self, X, design, site_idx, n_sites, covariates) -> LSStats:
-        encoder = self._make_encoder().fit(covariates)
-        penalty = encoder.penalty(n_sites)
-        stats, self.lambda_, self.edf_ = penalized_stats(
-            X, design, penalty, site_idx, n_sites, self.n_lambdas, self.chunk, self.lambdas
-        )
-        return stats
-
-    def _json_params(self) -> dict[str, Any]:
-        d = super()._json_params()
-        d.update(
-            smooth_terms=[str(c) for c in self.smooth_terms], df=self.df, degree=self.degree,
-            n_lambdas=self.n_lambdas,
-            lambdas=None if self.lambdas is None else [float(v) for v in self.lambdas],
+    def _block_stats(self, design, site_idx, n_sites, encoder):
+        return partial(
+            _gam_block_stats, design=design, penalty=encoder.penalty(n_sites), site_idx=site_idx,
+            n_sites=n_sites, n_lambdas=self.n_lambdas, lambdas=self.lambdas,
         )  # fmt: skip
-        return d
-
-    def _extra_arrays(self) -> tuple[str, ...]:
-        return ("lambda_", "edf_")

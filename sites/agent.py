@@ -32,7 +32,7 @@ from sites.atlas import Atlas, load_atlas
 from sites.bundle import write_bundle
 from sites.config import ConfigError, ConnectivityConfig, SiteConfig
 from sites.connectivity import fisher_z_connectivity, network_summaries
-from sites.extraction import extract_labels, extract_spheres
+from sites.formats import InputFormat, input_format
 from sites.keys import load_private_key
 from sites.maps import standardized_maps
 from sites.matrices import MatrixError, StackedMatrices, matrix_edges, read_matrix, read_stacked
@@ -49,7 +49,6 @@ from sites.qc import (
     timeseries_problems,
     write_local_log,
 )
-from sites.timeseries import read_timeseries
 
 SUBJECT_FIELD = "{subject_id}"
 
@@ -69,6 +68,11 @@ class _Source:
     edges: dict[str, np.ndarray] = field(default_factory=dict)
     stack: StackedMatrices | None = None  # source = "matrix" with a subject_list
     kinds: dict[str, str] = field(default_factory=dict)  # matrix kind -> first file seen
+
+    @property
+    def format(self) -> InputFormat:
+        """How this entry's files are read (:mod:`sites.formats`)."""
+        return input_format(self.config.source)
 
 
 def software_version() -> str:
@@ -107,13 +111,9 @@ def _load_atlas(config: SiteConfig, name: str) -> Atlas:
 
 
 def _timeseries(config: SiteConfig, source: _Source, subject: str) -> tuple[np.ndarray, Path]:
-    cfg = source.config
-    path = _subject_path(config, cfg.pattern, subject)
-    if cfg.source == "timeseries":
-        return read_timeseries(path, cfg.columns, source.atlas.n_rois), path
-    if cfg.labels_image is not None:
-        return extract_labels(path, config.resolve(cfg.labels_image), source.atlas), path
-    return extract_spheres(path, source.atlas, cfg.radius_mm), path
+    """One subject's time series, read by the entry's input format."""
+    path = _subject_path(config, source.config.pattern, subject)
+    return source.format.reader(path, source.config, source.atlas, config), path
 
 
 def _subject_fd(
@@ -309,7 +309,7 @@ def _process_subject(
     age = float(table.at[subject, "age"])
     reasons.extend(phenotype_problems(age, fd, config.qc, config.motion.source != "none"))
     for source in sources:
-        if source.config.source == "matrix":
+        if source.format.precomputed:
             _matrix_subject(config, source, subject, reasons)
             continue
         path = _subject_path(config, source.config.pattern, subject)
@@ -407,7 +407,7 @@ def _matrix_subject(
 
 def _matrix_kind(source: _Source) -> str | None:
     """Declared or guessed kind of a matrix source's files (None for other inputs)."""
-    if source.config.source != "matrix":
+    if not source.format.precomputed:
         return None
     return source.config.kind or next(iter(source.kinds), None)
 

@@ -1,9 +1,14 @@
-"""`confed site` commands (the site agent).
+"""`confed-site` (also `confed site`): the site agent's commands.
 
 ``init`` makes the config, signing keys and pseudonymization secret;
 ``compute`` writes a bundle; ``validate`` re-checks one; ``export`` packs a
-bundle as a ``.tar``. Upload commands (``submit``, ``status``, ``proposals``)
-are registered on the same ``app`` by :mod:`sites.client`.
+bundle as a ``.tar``. Upload commands (``submit``, ``status``,
+``verify-receipts``, ``proposals``) live in :mod:`sites.client` and
+:mod:`sites.proposals_client` and are imported only when they run
+(:mod:`sites.lazy_cli`). This module imports nothing heavy at import time
+(numpy, pandas, nibabel, httpx, ...: inside the commands), so ``--help``
+answers at once, and nothing from ``consortium``: a hospital runs the site
+agent without the coordinator's code.
 """
 
 from __future__ import annotations
@@ -15,66 +20,51 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sites.bundle import BundleError, check_contract, describe_bundle, export_bundle, read_bundle
-from sites.contract import check_name
-from sites.keys import fingerprint, generate_keypair
-from sites.pseudonym import new_secret
+from sites.lazy_cli import LazyCommand, lazy_group
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+#: Upload commands, imported when run; the short help is their docstring's first line.
+UPLOAD_COMMANDS = {
+    "submit": LazyCommand(
+        "sites.client",
+        "submit_command",
+        "Upload a bundle to the coordinator (safe to repeat: same bundle, same submission).",
+    ),
+    "status": LazyCommand(
+        "sites.client",
+        "status_command",
+        "Show what the coordinator accepted or rejected from this site, and why.",
+    ),
+    "verify-receipts": LazyCommand(
+        "sites.client",
+        "verify_receipts_command",
+        "Check every kept receipt against the coordinator's audit log; exit 1 unless all ok.",
+    ),
+    "proposals": LazyCommand(
+        "sites.proposals_client",
+        "proposals_command",
+        "List proposals requesting this site's data; opt out or consent within the window.",
+    ),
+}
+
+app = typer.Typer(
+    name="confed-site",
+    help="Site agent: compute, validate, export and submit bundles.",
+    no_args_is_help=True,
+    add_completion=False,
+    cls=lazy_group(UPLOAD_COMMANDS),
+)
 err = Console(stderr=True)
 out = Console()
 
-EXPECTED_ERRORS = (ValueError, BundleError, FileExistsError, FileNotFoundError, PermissionError)
 #: Exit code of `confed site compute` when too few subjects pass QC (no bundle written).
 EXIT_TOO_FEW_INCLUDED = 3
 
-CONFIG_TEMPLATE = """\
-# confed site configuration (see docs/site-data-manager/README.md).
-# Relative paths are relative to this file's folder; base_dir, if set, changes
-# the base of the data paths and patterns only (never of the keys).
-site_id = "{site_id}"
 
-[keys]
-private_key = "{private_key}"   # Ed25519, mode 0600: never share
-public_key = "{public_key}"     # send this one to the coordinator
-secret = "{secret}"             # pseudonymization secret, mode 0600: never share
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors reported as one line (no traceback): bad input, not a bug."""
+    from sites.bundle import BundleError
 
-[phenotypes]
-path = "participants.tsv"
-dx_case = "MDD"
-dx_control = "HC"
-allow = []                      # extra columns allowed to leave the site
-
-[phenotypes.columns]            # source column -> canonical column
-participant_id = "subject_id"
-group = "dx"
-age = "age"
-sex = "sex"
-
-[phenotypes.values.dx]          # source code -> label
-"1" = "MDD"
-"2" = "HC"
-
-[phenotypes.values.sex]
-"1" = "M"
-"2" = "F"
-
-[[connectivity]]
-atlas = "dosenbach160"
-source = "timeseries"
-pattern = "ROISignals/ROISignals_{{subject_id}}.mat"
-columns = "1409-1568"           # Dosenbach 160 in DPARSF ROISignals
-
-[motion]
-source = "realignment"          # phenotype | confounds | realignment | none
-definition = "jenkinson"
-pattern = "RealignParameter/{{subject_id}}/rp_{{subject_id}}.txt"
-
-[qc]
-max_mean_fd = 0.2
-min_volumes = 50
-min_included = 1                # fewest included subjects for a bundle to be written
-"""
+    return (ValueError, BundleError, FileExistsError, FileNotFoundError, PermissionError)
 
 
 def _fail(exc: BaseException) -> None:
@@ -89,28 +79,29 @@ def init_command(
     keys_dir: str = typer.Option("keys", "--keys-dir", help="Folder for keys, next to config."),
 ) -> None:
     """Create a site config, an Ed25519 key pair and a pseudonymization secret."""
+    from sites.config import write_toml
+    from sites.contract import check_name
+    from sites.keys import fingerprint, generate_keypair
+    from sites.pseudonym import new_secret
+    from sites.template import TEMPLATE_COMMENTS, TEMPLATE_HEADER, key_paths, template_config
+
     try:
         check_name(site_id, "site id")  # the coordinator's rule for site ids
         if out_path.exists():
             raise FileExistsError(f"{out_path}: already exists; refusing to overwrite")
         base = out_path.parent
-        private_rel = f"{keys_dir}/site_ed25519.pem"
-        public_rel = f"{keys_dir}/site_ed25519.pub.pem"
-        secret_rel = f"{keys_dir}/pseudonym.secret"
+        keys = key_paths(keys_dir)
         previous = os.umask(0o077)  # keys, secret and config: owner only
         try:
             (base / keys_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(base / keys_dir, 0o700)
-            _, public = generate_keypair(base / private_rel, base / public_rel)
-            new_secret(base / secret_rel)
+            _, public = generate_keypair(base / keys["private_key"], base / keys["public_key"])
+            new_secret(base / keys["secret"])
         finally:
             os.umask(previous)
-        out_path.write_text(
-            CONFIG_TEMPLATE.format(
-                site_id=site_id, private_key=private_rel, public_key=public_rel, secret=secret_rel
-            )
-        )
-    except EXPECTED_ERRORS as exc:
+        config = template_config(site_id, keys_dir)
+        write_toml(out_path, config, TEMPLATE_COMMENTS, TEMPLATE_HEADER)
+    except _expected_errors() as exc:
         _fail(exc)
     out.print(f"wrote {out_path}, keys in {base / keys_dir}")
     out.print(f"public key fingerprint: {fingerprint(public.read_bytes())}")
@@ -131,6 +122,7 @@ def compute_command(
 ) -> None:
     """Compute connectivity, summaries, maps and QC; write a signed bundle."""
     from sites.agent import TooFewIncluded, check_out_dir, compute
+    from sites.bundle import describe_bundle, read_bundle
     from sites.config import load_config
     from sites.qc import local_log_path
 
@@ -144,7 +136,7 @@ def compute_command(
     except TooFewIncluded as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(code=EXIT_TOO_FEW_INCLUDED) from exc
-    except EXPECTED_ERRORS as exc:
+    except _expected_errors() as exc:
         _fail(exc)
     out.print(describe_bundle(bundle), soft_wrap=True)
     _warn_one_group(bundle)
@@ -183,11 +175,13 @@ def validate_command(
     ),
 ) -> None:
     """Re-check a bundle: format version, signature, file list, sizes, SHA-256, contract."""
+    from sites.bundle import check_contract, describe_bundle, read_bundle
+
     try:
         pem = public_key.read_bytes() if public_key else None
         bundle = read_bundle(path, verify=True, public_key_pem=pem)
         check_contract(bundle)  # what the coordinator checks at ingest, checked here first
-    except EXPECTED_ERRORS as exc:
+    except _expected_errors() as exc:
         _fail(exc)
     out.print(f"[green]valid[/green] {describe_bundle(bundle)}", soft_wrap=True)
 
@@ -198,24 +192,26 @@ def export_command(
     output: Path = typer.Option(..., "-o", "--output", help="Tar file to write."),
 ) -> None:
     """Verify a bundle and pack it as one .tar for upload or offline transfer."""
+    from sites.bundle import export_bundle
+
     try:
         export_bundle(path, output)
-    except EXPECTED_ERRORS as exc:
+    except _expected_errors() as exc:
         _fail(exc)
     out.print(f"wrote {output}")
 
 
-# Upload commands live in sites.client (coordinator engineer); registered here.
-from sites.client import (  # noqa: E402
-    status_command,
-    submit_command,
-    verify_receipts_command,
-)
+def main() -> None:
+    """Entry point of the ``confed-site`` console script."""
+    app()
 
-app.command("submit")(submit_command)
-app.command("status")(status_command)
-app.command("verify-receipts")(verify_receipts_command)
 
-from sites.proposals_client import proposals_command  # noqa: E402
+# `confed-site agent`: the federated agent (outbound polling; imports nothing heavy here).
+from sites.federated.cli import app as _federated_agent  # noqa: E402
 
-app.command("proposals")(proposals_command)
+app.add_typer(_federated_agent, name="agent")
+
+
+if __name__ == "__main__":
+    main()
+

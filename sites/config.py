@@ -4,11 +4,18 @@ Relative paths in the file are resolved against the directory holding the
 file; ``base_dir`` (itself relative to that folder) changes the base of the
 data paths and patterns only, never of the key files. See
 ``docs/site-data-manager/README.md`` for an annotated example.
+
+:func:`to_toml` and :func:`write_toml` are the one TOML writer of site files:
+``confed-site init`` writes its commented template with them
+(:mod:`sites.template`), and the consortium's simulator its sites' configs.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,10 +30,14 @@ from pydantic import (
 )
 
 from sites.contract import NAME_PATTERN, PHENOTYPE_COLUMNS, REQUIRED_COLUMNS
+from sites.formats import input_format
 
 #: The site's ID column becomes ``subject_key``; the others are the contract's.
 CANONICAL_REQUIRED = ("subject_id", *(c for c in REQUIRED_COLUMNS if c != "subject_key"))
 CANONICAL_OPTIONAL = tuple(c for c in PHENOTYPE_COLUMNS if c not in REQUIRED_COLUMNS)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ConfigError(ValueError):
@@ -37,10 +48,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Folder of the key files that ``init`` creates, next to the config, by default.
+DEFAULT_KEYS_DIR = "keys"
+#: ``[keys]`` field -> file name of the key files that ``init`` creates.
+KEY_FILES = {
+    "private_key": "site_ed25519.pem",
+    "public_key": "site_ed25519.pub.pem",
+    "secret": "pseudonym.secret",
+}
+
+
 class KeysConfig(_Model):
-    private_key: Path = Path("keys/site_ed25519.pem")
-    public_key: Path = Path("keys/site_ed25519.pub.pem")
-    secret: Path = Path("keys/pseudonym.secret")
+    private_key: Path = Path(DEFAULT_KEYS_DIR, KEY_FILES["private_key"])
+    public_key: Path = Path(DEFAULT_KEYS_DIR, KEY_FILES["public_key"])
+    secret: Path = Path(DEFAULT_KEYS_DIR, KEY_FILES["secret"])
 
 
 class PhenotypeConfig(_Model):
@@ -73,7 +94,10 @@ class PhenotypeConfig(_Model):
 
 class ConnectivityConfig(_Model):
     atlas: str = Field(description="built-in atlas name or path of an atlas TSV")
-    source: Literal["timeseries", "bold", "matrix"] = "timeseries"
+    source: str = Field(
+        default="timeseries",
+        description="input format (sites.formats): timeseries, bold, matrix or a registered one",
+    )
     pattern: str = Field(description="file path pattern with {subject_id}")
     columns: str | None = Field(default=None, description="1-based column range, e.g. 1409-1568")
     radius_mm: float = 5.0
@@ -87,6 +111,12 @@ class ConnectivityConfig(_Model):
         default=None, description="subject IDs of one stacked .npy (pattern without {subject_id})"
     )
     subject_column: str | None = Field(default=None, description="ID column of a CSV list")
+
+    @field_validator("source")
+    @classmethod
+    def _registered_format(cls, source: str) -> str:
+        input_format(source)  # ValueError naming the registered formats
+        return source
 
     @model_validator(mode="after")
     def _matrix_fields(self) -> ConnectivityConfig:
@@ -197,3 +227,96 @@ def load_config(path: str | Path) -> SiteConfig:
         raise ConfigError(f"{path}: {problems}") from exc
     config._config_dir = folder
     return config
+
+
+def to_toml(
+    data: Mapping[str, Any],
+    comments: Mapping[str, str] | None = None,
+    header: str = "",
+) -> str:
+    """Serialize nested mappings of strings, numbers and lists (and lists of tables) as TOML.
+
+    Parameters
+    ----------
+    data : mapping
+        Keys to scalars, lists, tables (mappings) or lists of tables.
+    comments : mapping, optional
+        Dotted key (``"keys.secret"``, ``"phenotypes.columns"``; no index for
+        a list of tables: ``"connectivity.columns"``) -> a comment written at
+        the end of that key's or table's line.
+    header : str
+        Text written first, each line as a ``#`` comment.
+
+    Returns
+    -------
+    str
+        TOML text that :mod:`tomllib` reads back as ``data``.
+    """
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines += _table_lines(data, (), comments or {})
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def write_toml(
+    path: str | Path,
+    data: Mapping[str, Any],
+    comments: Mapping[str, str] | None = None,
+    header: str = "",
+) -> Path:
+    """Write :func:`to_toml` text to ``path`` atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_toml(data, comments, header))
+    tmp.replace(path)
+    return path
+
+
+def _table_lines(
+    data: Mapping[str, Any], path: tuple[str, ...], comments: Mapping[str, str]
+) -> list[str]:
+    """Lines of one table: its scalars first, then its sub-tables and lists of tables."""
+    lines = [
+        _commented(f"{_toml_key(k)} = {_toml_value(v)}", comments.get(".".join((*path, k))))
+        for k, v in data.items()
+        if not isinstance(v, Mapping) and not _is_table_list(v)
+    ]
+    for key, value in data.items():
+        inner = (*path, key)
+        name = ".".join(_toml_key(part) for part in inner)
+        note = comments.get(".".join(inner))
+        if isinstance(value, Mapping):
+            body = _table_lines(value, inner, comments)
+            if note or not value or any(
+                not isinstance(v, Mapping) and not _is_table_list(v) for v in value.values()
+            ):  # a header only for tables with keys of their own (or a comment)
+                lines += ["", _commented(f"[{name}]", note)]
+            lines += body
+        elif _is_table_list(value):
+            for item in value:
+                lines += ["", _commented(f"[[{name}]]", note)]
+                lines += _table_lines(item, inner, comments)
+    return lines
+
+
+def _commented(line: str, comment: str | None) -> str:
+    return f"{line}  # {comment}" if comment else line
+
+
+def _is_table_list(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def _toml_key(key: str) -> str:
+    bare = _BARE_KEY.fullmatch(key) and not key.isdigit()  # quote codes: "1" = "MDD"
+    return key if bare else _toml_value(str(key))
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    # JSON's string escapes are TOML's; TOML also forbids a raw DEL in basic strings
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")

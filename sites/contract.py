@@ -30,36 +30,12 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
-#: One name from outside (atlas, metric, release, label): starts with a letter or
-#: digit, then letters, digits, ``_``, ``.`` or ``-``; no ``/``, so never a path.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-NAME_RE = re.compile(NAME_PATTERN)
+from sites.naming import NAME_PATTERN, NAME_RE, ContractError, check_name  # noqa: F401 (re-exported)
+
 #: Folders a bundle may hold files in (besides its top level).
 BUNDLE_FOLDERS = ("maps", "atlases")
 #: Most members a bundle archive may hold (a bundle has a few dozen files).
 MAX_BUNDLE_FILES = 1000
-
-
-class ContractError(ValueError):
-    """A value that breaks the contract; the message names the field and the rule."""
-
-
-def check_name(value: object, what: str) -> str:
-    """Return ``value`` if it is a valid contract name, else raise :class:`ContractError`.
-
-    Parameters
-    ----------
-    value : object
-        The name to check (must be a ``str``).
-    what : str
-        What the name is, for the message (for example ``"manifest.json: map name"``).
-    """
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value:
-        raise ContractError(
-            f"{what} {str(value)[:80]!r} is not a valid name (1-64 letters, digits, "
-            "'_', '.', '-', starting with a letter or digit, no '..')"
-        )
-    return value
 
 
 def check_bundle_path(value: object, what: str = "manifest.json: file") -> str:

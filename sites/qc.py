@@ -15,7 +15,8 @@ Rules (defaults in :class:`sites.config.QCConfig`):
   field of view) or missing;
 - non-finite values (NaN, inf) in the time series;
 - non-finite connectivity (NaN, inf edges, also in precomputed matrices, for
-  which the volume and coverage rules cannot run: :data:`CONNECTIVITY_RULES`);
+  which the volume and coverage rules cannot run: the ``rules`` of each
+  input format, :mod:`sites.formats`);
 - implausible phenotypes: age outside ``[age_min, age_max]``, values outside
   the contract's plausible range, unknown or missing sex or diagnosis codes
   (from :mod:`sites.phenotypes`).
@@ -38,6 +39,7 @@ import pandas as pd
 from sites.atlas import Atlas
 from sites.config import QCConfig
 from sites.contract import QC_CODES, QC_REASON_COLUMNS, empty_qc_reasons, join_codes
+from sites.formats import SERIES_RULES, input_format
 
 #: QC codes of the rules every subject goes through (phenotypes, head motion).
 SUBJECT_RULES = (
@@ -49,22 +51,6 @@ SUBJECT_RULES = (
     "motion_missing",
     "head_motion",
 )
-_SERIES_RULES = (
-    "missing_timeseries",
-    "too_few_volumes",
-    "non_finite",
-    "zero_variance_roi",
-    "non_finite_connectivity",
-)
-#: QC codes of the connectivity rules run for each input (``source``) of an atlas.
-#: Precomputed matrices have no volumes and no ROI signals: the volume and
-#: coverage rules (``too_few_volumes``, ``non_finite``, ``zero_variance_roi``)
-#: cannot run; NaN or inf in a matrix gives ``non_finite_connectivity``.
-CONNECTIVITY_RULES = {
-    "timeseries": _SERIES_RULES,
-    "bold": _SERIES_RULES,
-    "matrix": ("missing_timeseries", "non_finite_connectivity"),
-}
 
 
 def rules_run(sources: dict[str, str], maps: bool) -> dict:
@@ -73,7 +59,8 @@ def rules_run(sources: dict[str, str], maps: bool) -> dict:
     Parameters
     ----------
     sources : dict
-        Atlas name -> its input (``"timeseries"``, ``"bold"`` or ``"matrix"``).
+        Atlas name -> its input format (``"timeseries"``, ``"bold"``, ``"matrix"``
+        or another of :func:`sites.formats.input_formats`).
     maps : bool
         Whether the site delivers voxel maps (``missing_map``).
 
@@ -86,13 +73,13 @@ def rules_run(sources: dict[str, str], maps: bool) -> dict:
     return {
         "run": {
             "subject": list(SUBJECT_RULES),
-            "connectivity": {a: list(CONNECTIVITY_RULES[s]) for a, s in sources.items()},
+            "connectivity": {a: list(input_format(s).rules) for a, s in sources.items()},
             "maps": ["missing_map"] if maps else [],
         },
         "not_run": {
-            a: [c for c in _SERIES_RULES if c not in CONNECTIVITY_RULES[s]]
+            a: [c for c in SERIES_RULES if c not in input_format(s).rules]
             for a, s in sources.items()
-            if s == "matrix"
+            if input_format(s).precomputed
         },
     }
 
@@ -101,8 +88,8 @@ def rules_note(sources: dict[str, str]) -> str:
     """One line for the local log: the connectivity rules that ran per atlas."""
     parts = []
     for atlas, source in sources.items():
-        text = f"{atlas} ({source}): {', '.join(CONNECTIVITY_RULES[source])}"
-        if source == "matrix":
+        text = f"{atlas} ({source}): {', '.join(input_format(source).rules)}"
+        if input_format(source).precomputed:
             text += "; volume and coverage rules not run (no time series)"
         parts.append(text)
     return "phenotype and motion rules; " + " | ".join(parts)

@@ -1,49 +1,50 @@
-"""Consortium analyses: mixed-effects mega-analysis, meta-analysis, mass-univariate maps."""
+"""Consortium analyses: mixed-effects mega-analysis, meta-analysis, mass-univariate maps.
 
-from consortium.analysis.dmn import CONTRASTS, DmnResult, dmn_model
-from consortium.analysis.effects import (
-    cohens_d_ci,
-    d_from_t,
-    edges_to_matrix,
-    matrix_to_edges,
-    network_block_summary,
-)
-from consortium.analysis.mass import MassMixedResult, mass_mixed_model
-from consortium.analysis.meta import (
-    RandomEffectsResult,
-    hedges_g_from_t,
-    leave_one_out,
-    random_effects,
-    site_effects,
-)
-from consortium.analysis.mixed import MixedModelResult, mixed_model
-from consortium.analysis.multiple import (
-    PermutationResult,
-    fdr_bh,
-    max_stat_permutation,
-    maxstat_permutation,
-)
+The names below are imported on first use (PEP 562), so that importing a light
+submodule (``consortium.analysis.registry``, ``.params``) does not load numpy,
+scipy and statsmodels: the CLI lists the kinds from the registry at start-up.
+"""
 
-__all__ = [
-    "CONTRASTS",
-    "DmnResult",
-    "MassMixedResult",
-    "MixedModelResult",
-    "PermutationResult",
-    "RandomEffectsResult",
-    "cohens_d_ci",
-    "d_from_t",
-    "dmn_model",
-    "edges_to_matrix",
-    "fdr_bh",
-    "hedges_g_from_t",
-    "leave_one_out",
-    "mass_mixed_model",
-    "matrix_to_edges",
-    "max_stat_permutation",
-    "maxstat_permutation",
-    "mixed_model",
-    "network_block_summary",
-    "random_effects",
-    "site_effects",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CONTRASTS": "consortium.analysis.contrasts",
+    "DmnResult": "consortium.analysis.dmn",
+    "dmn_model": "consortium.analysis.dmn",
+    "cohens_d_ci": "consortium.analysis.effects",
+    "d_from_t": "consortium.analysis.effects",
+    "edges_to_matrix": "consortium.analysis.effects",
+    "matrix_to_edges": "consortium.analysis.effects",
+    "network_block_summary": "consortium.analysis.effects",
+    "MassMixedResult": "consortium.analysis.mass",
+    "mass_mixed_model": "consortium.analysis.mass",
+    "RandomEffectsResult": "consortium.analysis.meta",
+    "hedges_g_from_t": "consortium.analysis.meta",
+    "leave_one_out": "consortium.analysis.meta",
+    "random_effects": "consortium.analysis.meta",
+    "site_effects": "consortium.analysis.meta",
+    "MixedModelResult": "consortium.analysis.mixed",
+    "mixed_model": "consortium.analysis.mixed",
+    "PermutationResult": "consortium.analysis.multiple",
+    "fdr_bh": "consortium.analysis.multiple",
+    "max_stat_permutation": "consortium.analysis.multiple",
+    "maxstat_permutation": "consortium.analysis.multiple",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'consortium.analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -18,80 +18,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 from scipy import stats
 
+from consortium.analysis.contrasts import CONTRASTS, Contrast, contrast_sample, get_contrast
 from consortium.analysis.effects import cohens_d_ci, d_from_t
+from consortium.analysis.encodings import DEFAULT_COVARIATES, SEX_CODES
 from consortium.analysis.mixed import MixedModelResult, mixed_model
+from consortium.analysis.results import rename_vocabulary
+
+#: Likelihood-ratio statistics below this are optimiser rounding (deviance units).
+LRT_ROUNDING = 1e-6
 
 __all__ = ["CONTRASTS", "Contrast", "DmnResult", "contrast_sample", "dmn_model"]
-
-DEFAULT_COVARIATES = ("age", "sex", "education_years", "mean_fd")
-SEX_CODES = {"M": 1.0, "F": 2.0}  # the published coding (1 = male, 2 = female)
-
-
-@dataclass(frozen=True)
-class Contrast:
-    """Which subjects form the case group (+1) and the comparison group (-1)."""
-
-    name: str
-    description: str
-    case: dict[str, str]
-    control: dict[str, str]
-
-
-# values "<case>"/"<control>" stand for the release's diagnosis labels
-CONTRASTS: dict[str, Contrast] = {
-    c.name: c
-    for c in (
-        Contrast("all", "all patients vs controls", {"dx": "<case>"}, {"dx": "<control>"}),
-        Contrast(
-            "recurrent",
-            "recurrent patients vs controls",
-            {"dx": "<case>", "episode": "recurrent"},
-            {"dx": "<control>"},
-        ),
-        Contrast(
-            "fedn",
-            "first-episode drug-naive patients vs controls",
-            {"dx": "<case>", "episode": "first", "medication": "naive"},
-            {"dx": "<control>"},
-        ),
-        Contrast(
-            "fedn_vs_recurrent",
-            "first-episode drug-naive vs recurrent patients",
-            {"dx": "<case>", "episode": "first", "medication": "naive"},
-            {"dx": "<case>", "episode": "recurrent"},
-        ),
-    )
-}
-
-
-def _matches(data: pd.DataFrame, filters: dict[str, str], labels: dict[str, str]) -> pd.Series:
-    keep = pd.Series(True, index=data.index)
-    for column, value in filters.items():
-        if column not in data.columns:
-            raise KeyError(f"contrast needs phenotype column {column!r}, absent from the data")
-        value = labels.get(value.strip("<>"), value) if value.startswith("<") else value
-        keep &= data[column].astype("string") == value
-    return keep
-
-
-def contrast_sample(
-    data: pd.DataFrame, contrast: str | Contrast, case: str, control: str
-) -> pd.DataFrame:
-    """Rows of the contrast's two groups with a ``Dx`` column: +1 case group, -1 comparison."""
-    spec = CONTRASTS[contrast] if isinstance(contrast, str) else contrast
-    labels = {"case": case, "control": control}
-    in_case = _matches(data, spec.case, labels)
-    in_control = _matches(data, spec.control, labels)
-    overlap = in_case & in_control
-    if overlap.any():
-        raise ValueError(f"contrast {spec.name!r}: {int(overlap.sum())} subjects in both groups")
-    out = data[in_case | in_control].copy()
-    out["Dx"] = np.where(in_case[out.index], 1.0, -1.0)
-    return out
 
 
 def _encode(data: pd.DataFrame, covariates: Sequence[str]) -> pd.DataFrame:
@@ -114,7 +53,10 @@ def _encode(data: pd.DataFrame, covariates: Sequence[str]) -> pd.DataFrame:
 
 @dataclass
 class DmnResult:
-    """Mixed-model test of diagnosis on one outcome, for one contrast."""
+    """Mixed-model test of diagnosis on one outcome, for one contrast.
+
+    ``as_dict`` uses the vocabulary of :mod:`consortium.analysis.results`.
+    """
 
     outcome: str
     contrast: str
@@ -141,8 +83,10 @@ class DmnResult:
             for k, v in self.__dict__.items()
             if k not in ("fit", "fit_no_slope", "sample_by_site")
         }
+        out["p"] = out.pop("pvalue")
         out["d_ci"] = list(self.d_ci)
-        out["fixed_effects"] = self.fit.summary().reset_index(names="term").to_dict("records")
+        table = self.fit.summary().reset_index(names="term")
+        out["coefficients"] = rename_vocabulary(table.to_dict("records"))
         out["variance_components"] = dict(self.fit.variance_components)
         out["residual_variance"] = self.fit.scale
         out["llf"] = self.fit.llf
@@ -189,7 +133,7 @@ def dmn_model(
         Subjects with a missing outcome or covariate are left out and counted in
         ``n_excluded`` (by column).
     """
-    spec = CONTRASTS[contrast] if isinstance(contrast, str) else contrast
+    spec = get_contrast(contrast)
     sample = contrast_sample(data, spec, case, control)
     needed = [outcome, *covariates, site]
     for col in needed:
@@ -213,7 +157,10 @@ def dmn_model(
     d, _, _ = d_from_t(t, n_case, n_control, fit.df_resid)
     d = float(d)
     low, high, se = cohens_d_ci(d, n_case, n_control, level)
-    lrt = max(0.0, 2.0 * (with_slope.llf - without.llf))
+    lrt = 2.0 * (with_slope.llf - without.llf)
+    # a zero slope variance gives the same maximum up to the optimiser's stop; below
+    # this the statistic is rounding, and the mixture p must not flip between 1 and 0.5
+    lrt = 0.0 if lrt < LRT_ROUNDING else lrt
     by_site = sample.groupby(site).Dx.agg(
         n_case=lambda x: int((x > 0).sum()), n_control=lambda x: int((x < 0).sum())
     )

@@ -33,7 +33,7 @@ from consortium.analysis.mixed import (
     profiled_deviance,
 )
 
-__all__ = ["MassMixedResult", "mass_mixed_model"]
+__all__ = ["MassMixedResult", "mass_from_cross_products", "mass_mixed_model"]
 
 U_MIN, U_MAX = -12.0, 6.0  # log relative SD; exp(-12) is treated as 0 after the fit
 _GRID = np.linspace(-7.0, 3.0, 11)
@@ -194,8 +194,11 @@ def _optimize(
 
 def _fit_block(Y: np.ndarray, design: MixedDesign, reml: bool) -> np.ndarray:
     """Fit all columns of ``Y``; returns packed statistics (2p + q + 3, F)."""
-    cp = cross_products(design, Y)
-    q = design.Z.shape[1]
+    return _fit_cross_products(cross_products(design, Y), design.Z.shape[1], reml)
+
+
+def _fit_cross_products(cp: CrossProducts, q: int, reml: bool) -> np.ndarray:
+    """Fit every feature of ``cp``; returns packed statistics (2p + q + 3, F)."""
     s, converged = _optimize(cp, q, reml)
     out = profiled_deviance(s, cp, reml, full=True)
     scale = out["scale"]
@@ -272,7 +275,9 @@ def mass_mixed_model(
             if progress is not None:
                 progress(min(start + chunk_size, Y.shape[1]), Y.shape[1])
         packed = np.hstack(blocks)
-    return _unpack(packed, design, reml, feature_names)
+    return _unpack(
+        packed, design.fixed_names, design.random_names, reml, feature_names, design.nobs
+    )
 
 
 def _is_dask(Y: object) -> bool:
@@ -295,19 +300,48 @@ def _dask_block(block: np.ndarray, design: MixedDesign, reml: bool, check, block
     return _fit_block(np.asarray(block, dtype=float), design, reml)
 
 
-def _unpack(
-    packed: np.ndarray, design: MixedDesign, reml: bool, feature_names: Sequence[str] | None
+def mass_from_cross_products(
+    cp: CrossProducts,
+    fixed_names: Sequence[str],
+    random_names: Sequence[str],
+    reml: bool = True,
+    chunk_size: int = 2048,
+    feature_names: Sequence[str] | None = None,
 ) -> MassMixedResult:
-    p, q = design.X.shape[1], design.Z.shape[1]
+    """Fit every feature from its cross-products alone (the federated coordinator's fit).
+
+    ``cp`` holds the group-wise cross-products of all features (for instance stacked
+    from the sites' messages by :func:`consortium.analysis.mixed.stack_cross_products`);
+    the optimisation is that of :func:`mass_mixed_model`, chunk by chunk.
+    """
+    q = len(random_names)
+    F = cp.WW.shape[0]
+    blocks = [
+        _fit_cross_products(_subset(cp, np.arange(start, min(start + chunk_size, F))), q, reml)
+        for start in range(0, F, chunk_size)
+    ]
+    packed = np.hstack(blocks)
+    return _unpack(packed, list(fixed_names), list(random_names), reml, feature_names, cp.nobs)
+
+
+def _unpack(
+    packed: np.ndarray,
+    fixed_names: list[str],
+    random_names: list[str],
+    reml: bool,
+    feature_names: Sequence[str] | None,
+    nobs: int,
+) -> MassMixedResult:
+    p, q = len(fixed_names), len(random_names)
     F = packed.shape[1]
     index = pd.Index(range(F) if feature_names is None else list(feature_names), name="feature")
     if len(index) != F:
         raise ValueError(f"{len(index)} feature names for {F} features")
-    names = design.fixed_names
+    names = fixed_names
     params = pd.DataFrame(packed[:p].T, index=index, columns=names)
     bse = pd.DataFrame(packed[p : 2 * p].T, index=index, columns=names)
     tvalues = params / bse
-    df_resid = design.nobs - p
+    df_resid = nobs - p
     pvalues = pd.DataFrame(
         2 * stats.t.sf(np.abs(tvalues.to_numpy()), df_resid), index=index, columns=names
     )
@@ -317,12 +351,12 @@ def _unpack(
         tvalues=tvalues,
         pvalues=pvalues,
         variance_components=pd.DataFrame(
-            packed[2 * p : 2 * p + q].T, index=index, columns=design.random_names
+            packed[2 * p : 2 * p + q].T, index=index, columns=random_names
         ),
         scale=pd.Series(packed[2 * p + q], index=index, name="scale"),
         llf=pd.Series(packed[2 * p + q + 1], index=index, name="llf"),
         converged=pd.Series(packed[2 * p + q + 2] > 0.5, index=index, name="converged"),
         df_resid=df_resid,
-        nobs=design.nobs,
+        nobs=nobs,
         reml=reml,
     )

@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from sites.federated.crossprod import GroupCrossProducts, group_cross_products
+
 __all__ = ["MixedModelResult", "mixed_model"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -135,30 +137,51 @@ class CrossProducts:
 
 
 def cross_products(design: MixedDesign, Y: np.ndarray) -> CrossProducts:
-    """Cross-products for outcomes ``Y`` (n, F) sharing ``design``."""
+    """Cross-products for outcomes ``Y`` (n, F) sharing ``design``.
+
+    Computed group by group (in group order, rows in data order) by
+    :func:`sites.federated.crossprod.group_cross_products` and stacked by
+    :func:`stack_cross_products`: exactly what a site computes on its own subjects
+    and the federated coordinator stacks in federated mode, so both fits see
+    bit-identical cross-products and give identical results.
+    """
     Y = np.asarray(Y, dtype=float)
-    if Y.ndim == 1:
-        Y = Y[:, None]
-    X, Z = design.X, design.Z
-    n, p = X.shape
-    q = Z.shape[1]
-    G = design.n_groups
-    F = Y.shape[1]
-    indicator = np.zeros((G, n))
-    indicator[design.codes, np.arange(n)] = 1.0
-    ZZ = np.einsum("gi,ik,il->gkl", indicator, Z, Z)
-    ZX = np.einsum("gi,ik,il->gkl", indicator, Z, X)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    parts = []
+    for g in range(design.n_groups):
+        rows = np.flatnonzero(design.codes == g)
+        parts.append(group_cross_products(design.X[rows], design.Z[rows], Y[rows]))
+    return stack_cross_products(parts)
+
+
+def stack_cross_products(parts: Sequence[GroupCrossProducts]) -> CrossProducts:
+    """The model's :class:`CrossProducts` from cross-products of disjoint sets of groups.
+
+    ``Z'Z`` and ``Z'[X y]`` are concatenated over groups (in the order given);
+    ``[X y]'[X y]`` is summed. The pooled fit passes one part holding every group; the
+    federated coordinator one part per site.
+    """
+    if not parts:
+        raise ValueError("no groups to stack")
+    p = parts[0].XtX.shape[0]
+    F = parts[0].YtY.shape[0]
+    ZZ = np.concatenate([g.ZtZ for g in parts])
+    G, q = ZZ.shape[0], ZZ.shape[1]
     ZW = np.empty((F, G, q, p + 1))
-    ZW[:, :, :, :p] = ZX[None]
-    for k in range(q):
-        ZW[:, :, k, p] = ((indicator * Z[:, k]) @ Y).T
+    ZW[:, :, :, :p] = np.concatenate([g.ZtX for g in parts])[None]
+    ZW[:, :, :, p] = np.concatenate([g.ZtY for g in parts]).transpose(1, 0, 2)
     WW = np.empty((F, p + 1, p + 1))
-    WW[:, :p, :p] = X.T @ X
-    XtY = X.T @ Y
-    WW[:, :p, p] = XtY.T
-    WW[:, p, :p] = XtY.T
-    WW[:, p, p] = np.einsum("if,if->f", Y, Y)
-    return CrossProducts(ZZ=ZZ, ZW=ZW, WW=WW, nobs=n, k_fe=p)
+    XtY = parts[0].XtY
+    WW[:, :p, :p] = parts[0].XtX
+    WW[:, p, p] = parts[0].YtY
+    for g in parts[1:]:
+        XtY = XtY + g.XtY
+        WW[:, :p, :p] += g.XtX
+        WW[:, p, p] += g.YtY
+    WW[:, :p, p] = XtY
+    WW[:, p, :p] = XtY
+    nobs = int(sum(int(g.n.sum()) for g in parts))
+    return CrossProducts(ZZ=ZZ, ZW=ZW, WW=WW, nobs=nobs, k_fe=p)
 
 
 def profiled_deviance(
@@ -330,13 +353,31 @@ def mixed_model(
 def _result_from_theta(
     design: MixedDesign, cp: CrossProducts, theta: np.ndarray, reml: bool, converged: bool
 ) -> MixedModelResult:
+    return result_from_cross_products(
+        cp, design.fixed_names, design.random_names, theta, reml, converged
+    )
+
+
+def result_from_cross_products(
+    cp: CrossProducts,
+    fixed_names: Sequence[str],
+    random_names: Sequence[str],
+    theta: np.ndarray,
+    reml: bool,
+    converged: bool,
+) -> MixedModelResult:
+    """The fitted model of one outcome at relative SDs ``theta``, from cross-products alone.
+
+    Used by :func:`mixed_model` and by the federated coordinator, which has only the
+    sites' cross-products.
+    """
     out = profiled_deviance(theta[None], cp, reml, full=True)
-    names = design.fixed_names
+    names = list(fixed_names)
     scale = float(out["scale"][0])
     cov = scale * out["cov_unscaled"][0]
     params = pd.Series(out["beta"][0], index=names)
     bse = pd.Series(np.sqrt(np.diag(cov)), index=names)
-    df_resid = design.nobs - len(names)
+    df_resid = cp.nobs - len(names)
     tvalues = params / bse
     pvalues = pd.Series(2.0 * stats.t.sf(np.abs(tvalues), df_resid), index=names)
     return MixedModelResult(
@@ -346,13 +387,13 @@ def _result_from_theta(
         pvalues=pvalues,
         df_resid=df_resid,
         variance_components={
-            name: float(scale * s**2) for name, s in zip(design.random_names, theta, strict=True)
+            name: float(scale * s**2) for name, s in zip(random_names, theta, strict=True)
         },
         scale=scale,
         llf=float(-0.5 * out["deviance"][0]),
         converged=converged,
-        nobs=design.nobs,
-        n_groups=design.n_groups,
+        nobs=cp.nobs,
+        n_groups=int(cp.ZZ.shape[0]),
         reml=reml,
         cov_params=pd.DataFrame(cov, index=names, columns=names),
         theta=theta,

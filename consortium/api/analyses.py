@@ -1,6 +1,6 @@
 """Analysis jobs: run ``confed analyze`` kinds on a release from the API (admin, steering).
 
-A job runs :func:`consortium.analysis.pipeline.run_analysis` in a background
+A job runs :func:`consortium.analysis.pipeline.run` in a background
 thread, one job at a time (the analyses are CPU-bound and the coordinator is
 usually a small machine). Results go to ``<root>/analyses/<job id>/results``
 and the job's state to ``<root>/analyses/<job id>/job.json``, so finished jobs
@@ -17,15 +17,17 @@ import traceback
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from consortium import audit
+from consortium.analysis.params import AnalysisParams
+from consortium.analysis.results import from_json, to_dict
 from consortium.api.deps import get_coordinator, require_roles
-from consortium.api.schemas import ERROR_RESPONSES, ReleaseName, contract_name
+from consortium.api.schemas import ERROR_RESPONSES, ReleaseName
 from consortium.auth import Identity
 from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
@@ -37,22 +39,10 @@ _STATE_LOCK = threading.Lock()
 _STARTED: set[str] = set()  # jobs started by this server process
 
 
-AtlasName = Annotated[str, contract_name("atlas name")]
-MetricName = Annotated[str, contract_name("map metric")]
+class AnalysisCreate(AnalysisParams):
+    """An analysis request: :class:`~consortium.analysis.params.AnalysisParams` and a release."""
 
-
-class AnalysisCreate(BaseModel):
     release: ReleaseName = Field(description="name of an existing release")
-    kind: Literal["dmn", "networks", "edges", "voxels"]
-    harmonize: Literal["combat", "none"] = "combat"
-    contrast: Literal["all", "recurrent", "fedn", "fedn_vs_recurrent"] = "all"
-    atlas: AtlasName | None = Field(
-        None, description="atlas name (default: the release's only atlas)"
-    )
-    metric: MetricName | None = Field(None, description="voxel map (voxels only)")
-    permutations: int = Field(0, ge=0, le=100_000)
-    seed: int = 0
-    min_per_group: int = Field(10, ge=1)
 
 
 class AnalysisOut(BaseModel):
@@ -63,7 +53,9 @@ class AnalysisOut(BaseModel):
     submitted_at: str
     finished_at: str | None = None
     error: str | None = None
-    results: dict[str, Any] | None = Field(None, description="the run's results.json once done")
+    results: dict[str, Any] | None = Field(
+        None, description="the run's results.json (schema confed.analysis/2) once done"
+    )
 
 
 def _jobs_dir(coord: Coordinator) -> Path:
@@ -103,7 +95,7 @@ def _update(path: Path, **changes: Any) -> None:
 
 
 def _run_job(root: Path, db_url: str | None, job_dir: Path, request: AnalysisCreate) -> None:
-    from consortium.analysis.pipeline import run_analysis
+    from consortium.analysis.pipeline import run
     from consortium.releases import open_release
 
     state_path = job_dir / "job.json"
@@ -111,19 +103,8 @@ def _run_job(root: Path, db_url: str | None, job_dir: Path, request: AnalysisCre
         _update(state_path, status="running")
         try:
             dataset = open_release(root, request.release, db_url)
-            run_analysis(
-                dataset,
-                request.kind,
-                job_dir / "results",
-                harmonize=request.harmonize,
-                contrast=request.contrast,
-                atlas=request.atlas,
-                metric=request.metric,
-                permutations=request.permutations,
-                seed=request.seed,
-                min_per_group=request.min_per_group,
-                progress=False,
-            )
+            params = AnalysisParams(**request.model_dump(exclude={"release"}))
+            run(dataset, params, job_dir / "results")
         except Exception as exc:  # the job records any failure for the caller to read
             _update(
                 state_path,
@@ -145,9 +126,11 @@ def _out(coord: Coordinator, state: dict[str, Any]) -> AnalysisOut:
         }
     results = None
     if state["status"] == "done":
-        results = json.loads(
-            (_jobs_dir(coord) / state["id"] / "results" / "results.json").read_text()
-        )
+        text = (_jobs_dir(coord) / state["id"] / "results" / "results.json").read_text()
+        try:
+            results = to_dict(from_json(text))
+        except ValueError:  # a job finished before schema confed.analysis/2: as written
+            results = json.loads(text)
     return AnalysisOut(**{k: v for k, v in state.items() if k != "traceback"}, results=results)
 
 

@@ -13,6 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from consortium.api.guard import ANONYMOUS, Guard, audit_denial
 from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
+from consortium.portal.errors import error_page
+from consortium.portal.gate import is_portal_path
+from consortium.portal.routes import mount as mount_portal
 from consortium.settings import Settings
 
 log = logging.getLogger("confed.coordinator")
@@ -46,6 +49,10 @@ PUBLIC_PATHS = (
 )
 # routes that stream their own body with their own size limit
 STREAMED_ROUTES = (("POST", f"{API_PREFIX}/submissions"),)
+# routes with their own body cap (a Settings field): a site's per-feature federated message
+SIZED_ROUTES = (
+    ("POST", rf"{API_PREFIX}/federated/tasks/[^/]+/result", "max_federated_message_bytes"),
+)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -56,11 +63,15 @@ def _install_error_handlers(app: FastAPI) -> None:
             actor = identity.actor if identity is not None else ANONYMOUS
             coord = req.app.state.coordinator
             await run_in_threadpool(audit_denial, coord, actor, req.scope, exc.status, exc.message)
+        if is_portal_path(req.url.path):
+            return error_page(req, exc.status, exc.message)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(error_body(exc.code, exc.message), exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if is_portal_path(_req.url.path):
+            return error_page(_req, exc.status_code, str(exc.detail))
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
 
@@ -77,6 +88,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
+        if is_portal_path(_req.url.path):
+            return error_page(_req, 422, problems)
         return JSONResponse(error_body("invalid_request", problems), 422)
 
 
@@ -124,7 +137,10 @@ def _bare_app() -> FastAPI:
         redoc_url=None,
     )
     _install_error_handlers(app)
-    app.add_middleware(Guard, public=PUBLIC_PATHS, streamed=STREAMED_ROUTES)
+    app.add_middleware(
+        Guard, public=PUBLIC_PATHS, streamed=STREAMED_ROUTES, sized=SIZED_ROUTES
+    )
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    mount_portal(app)  # the web portal at / (issue #14)
     return app

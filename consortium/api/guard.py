@@ -6,13 +6,16 @@ A pure ASGI middleware in front of every route. For every path but the public on
 the request body is received, so an anonymous caller cannot make the server read,
 buffer or parse anything. The identity is handed to the route through
 ``request.state.identity``. Bodies of every route but the bundle upload (which
-streams to disk with its own limit) are capped at ``Settings.max_json_bytes``.
+streams to disk with its own limit) are capped at ``Settings.max_json_bytes``, except
+routes given their own cap (``sized``: the federated result route, whose per-feature
+messages are capped at ``Settings.max_federated_message_bytes``).
 Refused tokens are audited (one entry each, in its own transaction) and counted per
 client address; past ``Settings.auth_fail_limit`` within ``auth_fail_window``
 seconds, requests from that address without a valid token get 429 with
 ``Retry-After`` (not audited one by one: one ``auth.rate_limited`` entry marks the
 start). Valid tokens are still served from a blocked address, so one guesser behind
-a shared proxy or NAT does not lock everybody else out.
+a shared proxy or NAT does not lock everybody else out. Paths outside the API are
+the portal's: :func:`consortium.portal.gate.gate` admits them by session cookie.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -32,6 +36,8 @@ from consortium import audit
 from consortium.auth import Identity, authenticate
 from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
+from consortium.portal.gate import gate as portal_gate
+from consortium.portal.gate import is_portal_path
 
 log = logging.getLogger("confed.coordinator")
 
@@ -141,14 +147,22 @@ class Guard:
         Paths served without a token.
     streamed : collection of (method, path)
         Routes that read their own body with their own limit.
+    sized : collection of (method, path pattern, settings field)
+        Routes whose body cap is another ``Settings`` field than ``max_json_bytes``
+        (the pattern is a regular expression matched against the whole path).
     """
 
     def __init__(
-        self, app: ASGIApp, public: Collection[str], streamed: Collection[tuple[str, str]]
+        self,
+        app: ASGIApp,
+        public: Collection[str],
+        streamed: Collection[tuple[str, str]],
+        sized: Collection[tuple[str, str, str]] = (),
     ):
         self.app = app
         self.public = frozenset(public)
         self.streamed = frozenset(streamed)
+        self.sized = [(method, re.compile(pattern), name) for method, pattern, name in sized]
         self._failures: FailedLogins | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -156,7 +170,10 @@ class Guard:
             await self.app(scope, receive, send)
             return
         coord: Coordinator = scope["app"].state.coordinator
-        if scope["path"] not in self.public:
+        if is_portal_path(scope["path"]):  # session cookie, not bearer token
+            if not await portal_gate(coord, scope, send):
+                return
+        elif scope["path"] not in self.public:
             identity = await self._authenticate(coord, scope, send)
             if identity is None:
                 return
@@ -194,11 +211,18 @@ class Guard:
             await _answer(send, err.status, err.code, err.message, [("www-authenticate", "Bearer")])
             return None
 
+    def _cap(self, coord: Coordinator, scope: Scope) -> int:
+        """The body cap of this request's route (``max_json_bytes`` unless ``sized``)."""
+        for method, pattern, name in self.sized:
+            if scope["method"] == method and pattern.fullmatch(scope["path"]):
+                return int(getattr(coord.settings, name))
+        return coord.settings.max_json_bytes
+
     async def _capped(
         self, coord: Coordinator, scope: Scope, receive: Receive, send: Send
     ) -> Receive | None:
         """``receive`` replaying the whole body once it is known to fit, or None (answered)."""
-        cap = coord.settings.max_json_bytes
+        cap = self._cap(coord, scope)
         declared = _header(scope, b"content-length")
         chunked = (_header(scope, b"transfer-encoding") or "").lower() == "chunked"
         if declared is None and not chunked:

@@ -1,34 +1,39 @@
-"""`confed analyze dmn|networks|edges|voxels`: consortium analyses of a release.
+"""`confed analyze <kind>`: consortium analyses of a release, one command per registered kind.
 
-The data come either from a coordinator release (``--release NAME --root DIR
-[--db URL]``) or directly from bundle directories (``--bundles DIR ...``).
+The commands are built from the kind registry (:mod:`consortium.analysis.registry`)
+when the group is listed or a command is looked up, so a kind registered by a
+plug-in appears without touching this module. Options map one to one to the
+fields of :class:`consortium.analysis.params.AnalysisParams`, which validates
+them. The data come either from a coordinator release (``--release NAME --root
+DIR [--db URL]``) or directly from bundle directories (``--bundles DIR ...``).
+
+``--mode federated`` (default ``pooled``) reads no subject rows: with ``--root DIR
+[--db URL]`` it creates tasks in the coordinator's database, which the running
+coordinator server (``confed coord serve``) hands to the sites' agents
+(``confed-site agent``) when they poll; the command waits for their aggregate
+answers (``--timeout`` seconds per round; ``--missing wait|proceed``) and writes the
+same ``results.json`` (:mod:`consortium.federated.analysis`). ``--site`` (repeatable)
+chooses the sites asked (default: every registered site); ``--dx-case`` and
+``--dx-control`` are the labels of the sites' ``dx`` column.
+
+Only typer and the standard library are imported at module level (``--help``
+stays fast); the registries imported when the commands are built are stdlib-only.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
-
-
-class Contrast(StrEnum):
-    all = "all"
-    recurrent = "recurrent"
-    fedn = "fedn"
-    fedn_vs_recurrent = "fedn_vs_recurrent"
-
-
-class Harmonize(StrEnum):
-    combat = "combat"
-    none = "none"
+__all__ = ["app", "load_dataset"]
 
 
 def load_dataset(
     release: str | None, root: Path | None, db: str | None, bundles: list[Path] | None
-):
+) -> Any:
     """The Dataset of a release, or of bundle directories when ``bundles`` is given."""
     from consortium.dataset import Dataset
     from sites.bundle import read_bundle
@@ -44,59 +49,101 @@ def load_dataset(
     return open_release(root, release, db)
 
 
+class _RichProgress:
+    """``progress(step, done, total)`` drawn as rich progress bars on stderr."""
+
+    def __init__(self, kind: str) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bars = Progress(
+            TextColumn(f"[bold]{kind}[/bold] {{task.description}}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        self._tasks: dict[str, Any] = {}
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if step not in self._tasks:
+            self._tasks[step] = self.bars.add_task(step, total=total)
+        self.bars.update(self._tasks[step], completed=done, total=total)
+
+
 def _run(
-    kind: str,
-    release,
-    root,
-    db,
-    bundles,
-    contrast,
-    harmonize,
-    atlas,
-    metric,
-    permutations,
-    seed,
-    min_per_group,
-    out,
-    overwrite,
-    quiet,
+    kind: str, source: dict[str, Any], options: dict[str, Any], out: Path, flags: dict
 ) -> None:
-    from consortium.analysis.pipeline import run_analysis
+    from consortium.analysis.pipeline import make_params, run
     from consortium.dataset import DatasetError
     from consortium.errors import ConfedError
     from sites.bundle import BundleError
 
+    errors = (BundleError, ConfedError, DatasetError, ValueError, KeyError, LookupError)
     try:
-        dataset = load_dataset(release, root, db, bundles)
-        path = run_analysis(
-            dataset,
-            kind,
-            out,
-            harmonize=harmonize.value,
-            contrast=contrast.value,
-            atlas=atlas,
-            metric=metric,
-            permutations=permutations,
-            seed=seed,
-            min_per_group=min_per_group,
-            progress=not quiet,
-            overwrite=overwrite,
-        )
-    except (
-        BundleError,
-        ConfedError,
-        DatasetError,
-        ValueError,
-        KeyError,
-        FileExistsError,
-        LookupError,
-    ) as exc:
+        params = make_params(kind, **{k: v for k, v in options.items() if v is not None})
+        dataset = load_dataset(**source)
+        if flags["quiet"]:
+            path = run(dataset, params, out, overwrite=flags["overwrite"])
+        else:
+            display = _RichProgress(kind)
+            with display.bars:
+                path = run(dataset, params, out, progress=display, overwrite=flags["overwrite"])
+    except (*errors, FileExistsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"{kind} results written to {path}")
 
 
-def _command(kind: str, summary: str):
+def _run_federated(
+    kind: str, source: dict[str, Any], options: dict[str, Any], out: Path, flags: dict
+) -> None:
+    from consortium.analysis.pipeline import make_params
+    from consortium.errors import ConfedError
+    from consortium.federated.orchestrator import FederatedIncomplete
+
+    fed = flags["federated"]
+    if source["root"] is None or source["release"] or source["bundles"]:
+        message = "error: --mode federated needs --root DIR (and no --release/--bundles)"
+        typer.echo(message, err=True)
+        raise typer.Exit(1)
+    try:
+        params = make_params(kind, mode="federated",
+                             **{k: v for k, v in options.items() if v is not None})  # fmt: skip
+        from consortium.coordinator import Coordinator
+        from consortium.federated.analysis import run_federated_analysis
+
+        coord = Coordinator.open(source["root"], source["db"])
+        try:
+            sites = fed["sites"] or _registered_sites(coord)
+            path = run_federated_analysis(
+                coord, params, out, sites=sites, dx_labels=fed["dx_labels"],
+                timeout=fed["timeout"], missing=fed["missing"], overwrite=flags["overwrite"],
+            )  # fmt: skip
+        finally:
+            coord.close()
+    except (ConfedError, FederatedIncomplete, ValueError, KeyError, FileExistsError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{kind} results (federated, {len(sites)} sites asked) written to {path}")
+
+
+def _registered_sites(coord: Any) -> list[str]:
+    from sqlalchemy import select
+
+    from consortium.db.models import Site
+
+    with coord.db.session() as session:
+        return sorted(session.execute(select(Site.id)).scalars())
+
+
+def _choices(names: tuple[str, ...]) -> str:
+    return ", ".join(names)
+
+
+def _kind_command(kind: str, description: str) -> Any:
+    """A typer app with the one command of ``kind``."""
+    from consortium.analysis.contrasts import CONTRAST_NAMES
+    from harmonization.registry import harmonizer_names
+
     def command(
         out: Path = typer.Option(..., "--out", help="Results directory to create."),
         release: str = typer.Option(None, "--release", help="Release name."),
@@ -105,55 +152,87 @@ def _command(kind: str, summary: str):
         bundles: list[Path] = typer.Option(
             None, "--bundles", help="Bundle directories instead of a release (repeatable)."
         ),
-        contrast: Contrast = typer.Option(Contrast.all, "--contrast"),
-        harmonize: Harmonize = typer.Option(Harmonize.combat, "--harmonize"),
+        contrast: str = typer.Option("all", "--contrast", help=_choices(CONTRAST_NAMES)),
+        harmonize: str = typer.Option(
+            "combat", "--harmonize", help=_choices(harmonizer_names())
+        ),
+        ref_site: str = typer.Option(None, "--ref-site", help="Reference site (combat-ref)."),
         atlas: str = typer.Option(
-            None,
-            "--atlas",
-            help="Atlas name, as the bundles carry it (default: the release's only atlas).",
+            None, "--atlas", help="Atlas name, as the bundles carry it (default: the only one)."
         ),
         metric: str = typer.Option(None, "--metric", help="Voxel map (voxels only)."),
         permutations: int = typer.Option(0, "--permutations", min=0),
         seed: int = typer.Option(0, "--seed"),
         min_per_group: int = typer.Option(10, "--min-per-group", min=1),
+        covariates: list[str] = typer.Option(
+            None, "--covariate", help="Covariate (repeatable; default: the standard set)."
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        mode: str = typer.Option(
+            "pooled", "--mode", help="pooled (subject rows of a release) or federated "
+            "(the sites' aggregates, through the coordinator at --root and the sites' agents)",
+        ),
+        sites: list[str] = typer.Option(
+            None, "--site", help="Federated: site asked (repeatable; default: all registered)."
+        ),
+        timeout: float = typer.Option(600.0, "--timeout", help="Federated: seconds per round."),
+        missing: str = typer.Option(
+            "wait", "--missing", help="Federated, silent site at the timeout: wait (stop, "
+            "naming it) or proceed (without it, listed)",
+        ),
+        dx_case: str = typer.Option("MDD", "--dx-case", help="Federated: case label of dx."),
+        dx_control: str = typer.Option(
+            "HC", "--dx-control", help="Federated: control label of dx."
+        ),
     ) -> None:
-        _run(
-            kind,
-            release,
-            root,
-            db,
-            bundles,
-            contrast,
-            harmonize,
-            atlas,
-            metric,
-            permutations,
-            seed,
-            min_per_group,
-            out,
-            overwrite,
-            quiet,
-        )
+        source = {"release": release, "root": root, "db": db, "bundles": bundles}
+        options = {
+            "contrast": contrast, "harmonize": harmonize, "ref_site": ref_site, "atlas": atlas,
+            "metric": metric, "permutations": permutations, "seed": seed,
+            "min_per_group": min_per_group, "covariates": covariates or None,
+        }  # fmt: skip
+        flags = {"overwrite": overwrite, "quiet": quiet}
+        if mode == "pooled":
+            _run(kind, source, options, out, flags)
+            return
+        if mode != "federated" or missing not in ("wait", "proceed"):
+            bad = f"--mode {mode!r}" if mode != "federated" else f"--missing {missing!r}"
+            typer.echo(f"error: {bad}: choose pooled|federated and wait|proceed", err=True)
+            raise typer.Exit(2)
+        flags["federated"] = {
+            "sites": sites or None, "timeout": timeout, "missing": missing,
+            "dx_labels": {"case": dx_case, "control": dx_control},
+        }  # fmt: skip
+        _run_federated(kind, source, options, out, flags)
 
-    command.__doc__ = summary
-    return command
+    command.__doc__ = description
+    sub = typer.Typer(add_completion=False)
+    sub.command(kind)(command)
+    return sub
 
 
-app.command("dmn")(
-    _command(
-        "dmn",
-        "REST-meta-MDD mixed model on mean DMN FC (with and without ComBat), "
-        "site meta-analysis and forest plot.",
-    )
-)
-app.command("networks")(
-    _command("networks", "The mixed model on every within- and between-network mean FC.")
-)
-app.command("edges")(
-    _command("edges", "Mass mixed model over every edge: t/d matrices, FDR, optional permutations.")
-)
-app.command("voxels")(
-    _command("voxels", "Mass mixed model over voxels: t, d and FDR-thresholded NIfTI maps.")
-)
+class _KindGroup(TyperGroup):
+    """The ``analyze`` group: one command per kind registered at the time of the call."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        from consortium.analysis.registry import kind_names
+
+        return list(kind_names())
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        from consortium.analysis.registry import get_kind
+
+        try:
+            entry = get_kind(name)
+        except KeyError:
+            return None
+        return typer.main.get_command(_kind_command(entry.name, entry.description))
+
+
+app = typer.Typer(cls=_KindGroup, no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def analyze() -> None:
+    """Run consortium analyses on a data release (one command per registered kind)."""

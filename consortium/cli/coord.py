@@ -477,3 +477,6 @@ def openapi(
 
     path = write_api_reference(out)
     typer.echo(f"wrote {path}")
+
+
+from consortium.cli import coord_admin  # noqa: E402,F401  (token list, audit show, ...)

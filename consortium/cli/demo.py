@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -67,10 +68,22 @@ def demo_command(
     jobs: int = typer.Option(None, "--jobs", min=1, help="Site processes at once [default: CPUs]."),
     no_voxels: bool = typer.Option(False, "--no-voxels", help="Skip the voxel-wise analysis."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    mode: str = typer.Option(
+        "pooled", "--mode", help="pooled (sites submit bundles) or federated (sites keep "
+        "them; their agents answer the DMN and edge-wise analyses with aggregates only)",
+    ),
+    serve: bool = typer.Option(
+        None, "--serve/--no-serve", show_default="when run in a terminal",
+        help="Afterwards keep the coordinator running with the web portal until Ctrl-C.",
+    ),
+    port: int = typer.Option(8700, "--port", help="Port of the portal with --serve."),
 ) -> None:
     """Run a simulated (or real, --data) consortium end to end and write an HTML report."""
     from consortium.demo import DemoError, RealDataOptions, format_summary, run_demo
 
+    if mode not in ("pooled", "federated"):
+        typer.echo(f"error: --mode {mode!r}: choose pooled or federated", err=True)
+        raise typer.Exit(2)
     real = None
     if data is not None:
         case_code, case_label = _mapping("--dx-case", dx_case)
@@ -103,8 +116,13 @@ def demo_command(
             jobs=jobs,
             voxels=not no_voxels,
             progress=not quiet,
+            federated=mode == "federated",
         )
     except (DemoError, ValueError, FileExistsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(format_summary(result.summary))
+    if serve or (serve is None and sys.stdin.isatty() and sys.stdout.isatty()):
+        from consortium.portal.demo_serve import serve_demo
+
+        serve_demo(out / "coordinator", port, typer.echo)

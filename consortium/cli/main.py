@@ -1,7 +1,11 @@
 """The ``confed`` command: one entry point, one sub-command group per concern.
 
 ``sites`` never imports ``consortium``; this root lives in ``consortium`` so it
-can mount the site agent's commands next to the coordinator's.
+can mount the site agent's commands (``confed site``) next to the coordinator's.
+A site installs and runs them alone as ``confed-site`` (:mod:`sites.cli`).
+Sub-command modules import only typer and the standard library at module
+level; heavy libraries are imported inside the commands, so ``--help`` is fast
+(``benchmarks/bench_startup.py``, ``tests/test_import_contracts.py``).
 """
 
 from __future__ import annotations
@@ -22,9 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-app.add_typer(
-    site_app, name="site", help="Site agent: compute, validate, export and submit bundles."
-)
+app.add_typer(site_app, name="site")  # its help is the site agent's own
 app.add_typer(
     coord_app, name="coord", help="Coordinator: service, sites, imports, releases, audit."
 )

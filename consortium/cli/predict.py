@@ -1,4 +1,4 @@
-"""`confed predict run`: site-aware classification (leave-site-out CV, in-fold ComBat).
+"""`confed predict run`: site-aware classification (leave-site-out CV, in-fold harmonization).
 
 The data come from a coordinator release (``--release NAME --root DIR [--db URL]``),
 from bundle directories (``--bundles DIR``, repeatable; a folder of bundles
@@ -21,11 +21,6 @@ class FeatureKind(StrEnum):
     edges = "edges"
     networks = "networks"
     maps = "maps"
-
-
-class Harmonize(StrEnum):
-    combat = "combat"
-    none = "none"
 
 
 class Tuning(StrEnum):
@@ -76,6 +71,18 @@ def _features(release, root, db, bundles, data, kind, atlas, metric, nan):
 
         dataset = open_release(root, release, db)
     return features_from_dataset(dataset, kind.value, atlas=atlas, metric=metric, nan=nan.value)
+
+
+def _harmonizer_options(name: str, ref_site: str | None) -> dict:
+    """Options of the ``--harmonize`` harmonizer; an unknown name is a usage error."""
+    from harmonization.registry import harmonizer_names
+
+    if name not in harmonizer_names():
+        raise typer.BadParameter(
+            f"unknown harmonizer {name!r}; choose one of: {', '.join(harmonizer_names())}",
+            param_hint="--harmonize",
+        )
+    return {} if ref_site is None else {"ref_site": ref_site}
 
 
 def _parse_grid(text: str) -> list[float]:
@@ -138,7 +145,13 @@ def run_command(
     grid: str = typer.Option("0.001,0.01,0.1,1", "--grid", help="C values of the nested search."),
     folds: int = typer.Option(10, "--folds", help="Folds of the K-fold schemes."),
     inner_folds: int = typer.Option(5, "--inner-folds", help="Site-grouped inner folds."),
-    harmonize: Harmonize = typer.Option(Harmonize.combat, "--harmonize"),
+    harmonize: str = typer.Option(
+        "combat",
+        "--harmonize",
+        help="Harmonizer fitted in each training fold: any registered name "
+        "(none, combat, combat-gam, combat-ref, ...).",
+    ),
+    ref_site: str = typer.Option(None, "--ref-site", help="Reference site of combat-ref."),
     covariate: list[str] = typer.Option(
         None, "--covariate", help="Phenotype column appended to the features (repeat)."
     ),
@@ -161,6 +174,7 @@ def run_command(
     from consortium.errors import ConfedError
     from sites.bundle import BundleError
 
+    options = _harmonizer_options(harmonize, ref_site)
     if nan is None:
         nan = NanPolicy.zero if data is not None else NanPolicy.error
     config = PredictionConfig(
@@ -169,7 +183,8 @@ def run_command(
         grid=_parse_grid(grid),
         n_folds=folds,
         inner_folds=inner_folds,
-        harmonize=harmonize.value,
+        harmonize=harmonize,
+        harmonize_options=options,
         feature_covariates=list(covariate or []),
         subject_standardize=subject_standardize,
         n_permutations=permutations,

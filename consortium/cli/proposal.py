@@ -1,7 +1,8 @@
 """`confed proposal` commands: the public register and exports, over the coordinator's API.
 
 The coordinator URL comes from ``--url`` or ``CONFED_COORDINATOR_URL``; the researcher
-token from ``--token-file`` or ``CONFED_TOKEN``.
+token from ``--token-file`` or ``CONFED_TOKEN``. httpx is imported inside the
+commands, so ``confed --help`` does not pay for it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import typer
 
 from consortium.errors import ConfedError
+
+if TYPE_CHECKING:
+    import httpx
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -59,6 +63,8 @@ def _check(r: httpx.Response) -> httpx.Response:
 @app.command("list")
 def list_command(url: str | None = UrlOpt) -> None:
     """The public register: id, title, institution, status and dates."""
+    import httpx
+
     try:
         rows = _check(httpx.get(f"{_url(url)}/register", timeout=60)).json()
     except httpx.HTTPError as exc:
@@ -80,6 +86,8 @@ def export_command(
     token_file: Path | None = TokenOpt,
 ) -> None:
     """Export your grant's data: the coordinator builds it, you download and verify it."""
+    import httpx
+
     from consortium.proposals.export import unpack_verified
     from sites.bundle import sha256_file
 
@@ -111,3 +119,6 @@ def export_command(
         f"{', '.join(manifest['sites'])}, release {manifest['release']['name']} "
         f"({manifest['release']['hash'][:12]}) -> {out}"
     )
+
+
+from consortium.cli import proposal_flow  # noqa: E402,F401  (draft, submit, vote, ...)

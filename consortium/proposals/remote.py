@@ -6,6 +6,8 @@ DMN mega-analysis, via :func:`consortium.analysis.mixed_model`) and ``meta_analy
 by :func:`consortium.analysis.random_effects`). The analysed subset is chosen with
 filters that select whole cells of the grant's strata (:mod:`.strata`);
 :mod:`consortium.proposals.disclosure` decides whether the result may leave.
+The outcome may first be harmonized across the analysed sites by any registered
+harmonizer (``harmonize``, default ``none``; :mod:`.harmonize`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from consortium.analysis.meta import random_effects, site_effects
+from consortium.analysis.mixed import mixed_model
+from consortium.analysis.results import (
+    Coefficient,
+    RemoteMetaAnalysis,
+    RemoteMixedModel,
+    pooled_effect,
+    result_to_dict,
+)
 from consortium.errors import ConfedError
 from consortium.proposals import strata as strata_mod
 from consortium.proposals.disclosure import DisclosureRefused, check_cells
+from consortium.proposals.harmonize import harmonize_outcome
 from consortium.proposals.scope import ScopedData
 
 ANALYSES = ("mixed_model", "meta_analysis")
@@ -144,18 +156,19 @@ def _design(frame: pd.DataFrame, covariates: list[str], case: str) -> tuple[pd.D
 
 
 def _mixed(frame, req, dx_labels) -> dict[str, Any]:
-    from consortium.analysis import mixed_model
-
     model, fixed = _design(frame, req["covariates"], dx_labels["case"])
     if model["site"].nunique() < 2:
         raise ConfedError("too_few_sites", "a mixed model across sites needs two sites", 422)
     res = mixed_model(model, "y", fixed, "site")
     table = res.summary()
     return {
-        "fixed_effects": {
-            term: {k: float(row[k]) for k in ("estimate", "se", "t", "df", "p")}
+        "coefficients": [
+            Coefficient(
+                str(term), float(row["estimate"]), float(row["se"]), float(row["t"]),
+                float(row["p"]), df=float(row["df"]),
+            )  # fmt: skip
             for term, row in table.iterrows()
-        },
+        ],
         "variance_components": {k: float(v) for k, v in res.variance_components.items()},
         "residual_variance": float(res.scale),
         "converged": bool(res.converged),
@@ -175,15 +188,13 @@ def _meta(frame, req, dx_labels) -> dict[str, Any]:
     Hedges LV (1981). J Educ Stat 6:107-128.
     Borenstein M et al. (2009). Introduction to Meta-Analysis. Wiley.
     """
-    from consortium.analysis import random_effects, site_effects
-
     model, fixed = _design(frame, req["covariates"], dx_labels["case"])
     table = site_effects(model, "y", "case", "site", fixed[1:], min_per_group=2)
     used = table[table["included"].astype(bool)]
     if len(used) < 2:
         raise ConfedError("too_few_sites", "a meta-analysis needs two sites", 422)
     res = random_effects(used["yi"].to_numpy(), used["vi"].to_numpy())
-    pooled = {k: v for k, v in res.as_dict().items() if k != "weights"}
+    pooled = pooled_effect(res)
     per_site = {
         str(row.site): {
             "g": float(row.yi),
@@ -227,17 +238,20 @@ def run_query(
     cells = check_cells(frame, categorical, minimum)
     if req["analysis"] == "meta_analysis":
         check_cells(frame.assign(_cell=frame["site"] + "/" + frame["dx"]), ["_cell"], minimum)
-    fit = _mixed if req["analysis"] == "mixed_model" else _meta
-    result = {
-        "analysis": req["analysis"],
-        "measure": req["measure"],
-        "outcome": req["outcome"],
-        "n_subjects": len(frame),
-        "cells": cells,
-        "strata": report,
+    frame = harmonize_outcome(frame, req, data, dx_labels)
+    mixed = req["analysis"] == "mixed_model"
+    fit = _mixed if mixed else _meta
+    result = (RemoteMixedModel if mixed else RemoteMetaAnalysis)(
+        analysis=req["analysis"],
+        measure=req["measure"],
+        outcome=req["outcome"],
+        harmonize=req.get("harmonize") or "none",
+        n_subjects=len(frame),
+        cells=cells,
+        strata=report,
         **fit(frame, req, dx_labels),
-    }
-    return result, frame[["subject", "site", "dx", "_row"]]
+    )
+    return result_to_dict(result), frame[["subject", "site", "dx", "_row"]]
 
 
 __all__ = ["ANALYSES", "DisclosureRefused", "run_query"]

@@ -216,6 +216,26 @@ class AnalysisRequest(BaseModel):
     outcome: str = Field(min_length=1, max_length=128)
     covariates: list[str] = Field(default_factory=list, max_length=10)
     filters: list[QueryFilter] = Field(default_factory=list, max_length=10)
+    harmonize: str = Field(
+        "none",
+        max_length=64,
+        description=(
+            "harmonizer applied to the measure across the analysed sites before the model, "
+            "preserving diagnosis and the covariates: any registered name (none, combat, "
+            "combat-gam, ...); combat-gam smooths age, so list age among the covariates"
+        ),
+    )
+
+    @field_validator("harmonize")
+    @classmethod
+    def _registered(cls, harmonize: str) -> str:
+        from harmonization.registry import harmonizer_names
+
+        if harmonize not in harmonizer_names():
+            raise ValueError(
+                f"unknown harmonizer {harmonize!r}; choose one of: {', '.join(harmonizer_names())}"
+            )
+        return harmonize
 
     @field_validator("covariates")
     @classmethod

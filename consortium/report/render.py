@@ -2,14 +2,16 @@
 
 Every figure is embedded as a base64 ``data:`` URI and the style sheet is
 inline, so the page makes no external request and can be mailed or archived
-as a single file. Sections have stable ``id`` attributes (see
-:data:`SECTION_IDS`); a section whose analysis is not among the inputs says so
-instead of disappearing, so links and automated checks keep working.
+as a single file. Every template is rendered with autoescaping.
 
-A directory holding a ``prediction.json`` (written by
-``consortium.analysis.prediction``) adds the optional ``prediction`` section;
-it is rendered generically (scalars, tables of records, embedded figures), so
-new keys appear without changes here.
+The page holds only the sections of what ran (:mod:`consortium.report.sections`):
+the summary, sample and QC of the main analysis, one or more sections per
+analysis found through its kind's ``report_section`` hook, the harmonization
+diagnostics and covariate sensitivity when the analyses carry them, a
+prediction section for a directory holding a ``prediction.json`` (rendered
+generically, so new keys appear without changes here) and the provenance. The
+navigation lists exactly these sections; anchors of the built-in sections are
+stable (:data:`SECTION_IDS`).
 """
 
 from __future__ import annotations
@@ -20,42 +22,48 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
-__all__ = ["ReportError", "SECTION_IDS", "load_analysis", "render_report"]
+from consortium.report.sections import Analysis, Section, hook_for
 
-SECTION_IDS = (
-    "summary",
-    "sample",
-    "qc-exclusions",
-    "mixed-model",
-    "forest-plot",
-    "network-matrix",
-    "glass-brain",
-    "voxel-map",
-    "prediction",
-    "provenance",
-)
+__all__ = [
+    "Analysis",
+    "ReportError",
+    "SECTION_IDS",
+    "load_analysis",
+    "render_html",
+    "render_report",
+]
+
+#: Anchors of the built-in sections, in page order, with what produces each. A
+#: report shows (and lists in its navigation) those that ran; the others keep
+#: their anchor in a short "not in this report" list at the end, so links work.
+BUILTIN_SECTIONS = {
+    "summary": ("Summary", "always"),
+    "sample": ("Sample by site and group", "any analysis"),
+    "qc-exclusions": ("Quality-control exclusions", "any analysis"),
+    "mixed-model": ("Mean DMN connectivity: mixed model", "confed analyze dmn"),
+    "forest-plot": ("Site by site: meta-analysis and forest plot", "confed analyze dmn"),
+    "network-matrix": ("Network-by-network effects", "confed analyze networks"),
+    "glass-brain": ("Edge by edge: the strongest edges", "confed analyze edges"),
+    "voxel-map": ("Voxel by voxel", "confed analyze voxels"),
+    "combat-diagnostics": ("Harmonization diagnostics", "an analysis with --harmonize other "
+                           "than none"),
+    "sensitivity": ("Sensitivity to the covariates", "confed analyze dmn or edges"),
+    "prediction": ("Site-aware prediction", "a prediction.json (confed predict)"),
+    "provenance": ("Provenance", "always"),
+}
+SECTION_IDS = tuple(BUILTIN_SECTIONS)
 PREDICTION_FILE = "prediction.json"
 RESULTS_FILE = "results.json"
 
 
 class ReportError(ValueError):
     """An input directory cannot be rendered; the message names the file."""
-
-
-@dataclass
-class Analysis:
-    """One results directory: its parsed JSON and figures as data URIs."""
-
-    path: Path
-    kind: str
-    results: dict[str, Any]
-    images: dict[str, str] = field(default_factory=dict)
 
 
 def _data_uri(path: Path) -> str:
@@ -151,9 +159,20 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _fmt_p(value: Any) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.2e}" if value < 1e-3 else f"{value:.4f}"
+
+
+def _cell(value: Any, column: Any) -> str:
+    """A table cell formatted as its :class:`~consortium.report.labels.Column` says."""
+    if column.format == "p":
+        return _fmt_p(value) if isinstance(value, int | float) else _fmt(value)
+    if column.format == "int" and isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if column.format == "text":
+        return _fmt(value)
+    return _fmt(value, column.digits)
 
 
 def _environment() -> jinja2.Environment:
@@ -166,6 +185,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["fmt"] = _fmt
     env.filters["fmt_p"] = _fmt_p
+    env.filters["cell"] = _cell
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
     env.tests["mapping"] = lambda v: isinstance(v, dict)
     env.tests["records"] = lambda v: (
@@ -174,28 +194,65 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _pick(analyses: list[Analysis], kind: str) -> Analysis | None:
-    for analysis in analyses:
-        if analysis.kind == kind:
-            return analysis
-    return None
+def _known_kinds() -> tuple[str, ...]:
+    """Registered analysis kinds (the built-in four if the registry is not importable)."""
+    try:
+        from consortium.analysis.registry import kind_names
+    except ImportError:
+        return ("dmn", "networks", "edges", "voxels")
+    return tuple(kind_names())
 
 
-def _context(analyses: list[Analysis], title: str) -> dict[str, Any]:
+def _sections(analyses: list[Analysis]) -> list[Section]:
+    """Every section of the page, in order: only what ran."""
+    from consortium.report.common import head_sections, tail_sections
+
     stats = [a for a in analyses if a.kind != "prediction"]
-    # Sample and QC tables: from the DMN analysis if present (it is the main one).
-    main = _pick(stats, "dmn") or (stats[0] if stats else None)
-    return {
-        "title": title,
-        "main": main,
-        "dmn": _pick(stats, "dmn"),
-        "networks": _pick(stats, "networks"),
-        "edges": _pick(stats, "edges"),
-        "voxels": _pick(stats, "voxels"),
-        "predictions": [a for a in analyses if a.kind == "prediction"],
-        "analyses": stats,
-        "section_ids": SECTION_IDS,
-    }
+    predictions = [a for a in analyses if a.kind == "prediction"]
+    # Sample and QC from the DMN analysis if present (it is the main one).
+    main = next((a for a in stats if a.kind == "dmn"), stats[0] if stats else None)
+    ran = {a.kind for a in stats}
+    absent = [k for k in _known_kinds() if k not in ran]
+    sections = head_sections(main, stats, predictions, absent)
+    for analysis in stats:
+        sections += list(hook_for(analysis.kind)(analysis))
+    return sections + tail_sections(stats, predictions)
+
+
+def _unique_ids(sections: list[Section]) -> list[Section]:
+    seen: dict[str, int] = {}
+    out = []
+    for section in sections:
+        count = seen.get(section.id, 0) + 1
+        seen[section.id] = count
+        if count > 1:
+            section = Section(f"{section.id}-{count}", section.nav, section.title,
+                              section.template, section.source, section.context)
+        out.append(section)
+    return out
+
+
+def _render_section(env: jinja2.Environment, section: Section) -> markupsafe.Markup:
+    template = (
+        env.get_template(section.template)
+        if section.template is not None
+        else env.from_string(section.source or "")
+    )
+    try:
+        return markupsafe.Markup(template.render(**section.context))
+    except (jinja2.TemplateError, KeyError, TypeError, AttributeError) as exc:
+        raise ReportError(f"section {section.id!r}: cannot render ({exc})") from exc
+
+
+def render_html(analyses: list[Analysis], title: str) -> str:
+    """The page for loaded analyses (see :func:`render_report`)."""
+    env = _environment()
+    sections = _unique_ids(_sections(analyses))
+    bodies = [(s, _render_section(env, s)) for s in sections]
+    main = next((a for a in analyses if a.kind == "dmn"), None) or next(
+        (a for a in analyses if a.kind != "prediction"), None
+    )
+    return env.get_template("report.html.j2").render(title=title, main=main, sections=bodies)
 
 
 def render_report(
@@ -227,7 +284,7 @@ def render_report(
     analyses: list[Analysis] = []
     for directory in analysis_dirs:
         analyses += load_analysis(directory)
-    html = _environment().get_template("report.html.j2").render(**_context(analyses, title))
+    html = render_html(analyses, title)
     output_html = Path(output_html)
     output_html.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output_html.name}.", dir=output_html.parent)

@@ -46,8 +46,10 @@ from consortium.proposals.settings import ProposalSettings
 from consortium.registry import add_site
 from consortium.releases import create_release
 from consortium.settings import Settings
-from tests.consortium.service.bundles import make_keys, synthetic_bundle, tar_dir
-from tests.consortium.service.conftest import Server
+from tests.helpers.archives import tar_dir
+from tests.helpers.bundles import synthetic_bundle
+from tests.helpers.keys import make_keys
+from tests.helpers.server import Server
 
 NO_TOKEN = frozenset({"revoked", "unknown", "anonymous"})
 ROLES = (
@@ -119,6 +121,10 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("POST", f"{P}/proposals/{{code}}/exports"): frozenset({"r_grant"}),
     ("GET", f"{P}/proposals/{{code}}/exports/{{export_id}}"): frozenset({"r_grant"}),
     ("POST", f"{P}/proposals/{{code}}/analyses"): frozenset({"r_grant"}),
+    ("GET", f"{P}/federated/tasks"): frozenset({"site"}),
+    ("POST", f"{P}/federated/tasks/{{task_id}}/result"): frozenset({"site"}),
+    ("POST", f"{P}/federated/runs"): COMMITTEE,
+    ("GET", f"{P}/federated/runs/{{run_id}}"): COMMITTEE,
 }
 # The same routes on the second site S02 (not the site token's own): committee only.
 OTHER_SITE = {
@@ -174,6 +180,8 @@ MISSING = {
     ("POST", f"{P}/proposals/{{code}}/exports"): RESEARCHERS,
     ("GET", f"{P}/proposals/{{code}}/exports/{{export_id}}"): RESEARCHERS,
     ("POST", f"{P}/proposals/{{code}}/analyses"): RESEARCHERS,
+    ("POST", f"{P}/federated/tasks/{{task_id}}/result"): frozenset({"site"}),
+    ("GET", f"{P}/federated/runs/{{run_id}}"): COMMITTEE,
 }
 REQUEST = {
     "title": "Toy study",
@@ -206,6 +214,14 @@ BODIES = {
         "measure": "networks:toy",
         "outcome": "none__none",
     },
+    ("POST", f"{P}/federated/tasks/{{task_id}}/result"): {
+        "schema": "confed.federated/1",
+        "kind": "mixed_stats",
+        "task_id": "no-such-task",
+        "site": "S01",
+        "status": "ok",
+    },
+    ("POST", f"{P}/federated/runs"): {"kind": "meta_summary", "params": {}, "sites": ["S01"]},
 }
 INVALID_BODY = {"bogus": 1}  # fails every JSON body schema above
 NOT_A_TAR = b"this is not a tar archive"
@@ -367,9 +383,12 @@ def _routes(routes, prefix: str = "") -> set[tuple[str, str]]:
 def test_matrix_covers_every_route(world):
     routes = _routes(create_app(world.coord.settings, world.coord).routes)
     assert len(routes) > 40  # the walk found the included routers
-    assert routes == set(MATRIX), {
-        "no matrix entry": sorted(routes - set(MATRIX)),
-        "no such route": sorted(set(MATRIX) - routes),
+    from tests.consortium.portal.matrix import PORTAL_MATRIX  # the portal's routes
+
+    expected = set(MATRIX) | set(PORTAL_MATRIX)
+    assert routes == expected, {
+        "no matrix entry": sorted(routes - expected),
+        "no such route": sorted(expected - routes),
     }
     keyed = {c.route for c in CASES if c.variant != "plain"}
     assert keyed <= set(MATRIX)
@@ -388,6 +407,8 @@ def _fill(world: World, case: Case, role: str, own: str, expired: str, extra: di
         "job_id": uuid.uuid4().hex,  # no job exists: allowed roles get 404
         "member_id": 999_999 if missing else world.members["r_nogrant"],
         "seq": 999_999 if missing else 1,
+        "task_id": uuid.uuid4().hex,  # no such task: the site gets 404
+        "run_id": 999_999,  # no such run: the committee gets 404
         **extra,
     }
     path = case.template

@@ -230,7 +230,7 @@ def test_nan_in_data_names_row_and_feature(consortium):
 
 
 def test_small_blocks_same_result_and_nan_at_transform_names_row(consortium, monkeypatch):
-    import harmonization.combat as module
+    import harmonization._engine as module
 
     X, sites, cov = consortium
     expected = ComBat().fit_transform(X, sites, cov)

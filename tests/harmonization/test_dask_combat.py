@@ -76,6 +76,7 @@ def _peak_rss_mib() -> float:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_local_cluster_with_memory_limit_below_data_size():
     distributed = pytest.importorskip("distributed")
     n, V = 1000, 64_000  # 488 MiB of float64, generated block by block on the worker

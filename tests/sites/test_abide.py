@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from sites.bundle import read_bundle
-from tests.factories import build_abide_bundle, make_site
+from tests.helpers.bundles import build_abide_bundle
+from tests.helpers.keys import make_site
 
 SITES = {"NYU": 14, "KKI": 10, "CALTECH": 6}
 NETWORKS = ["frontal", "temporal", "posterior", "deep"]

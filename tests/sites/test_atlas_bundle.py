@@ -11,7 +11,7 @@ import pytest
 
 from sites.atlas import Atlas, AtlasError, atlas_tsv_bytes, load_atlas, read_atlas_tsv
 from sites.contract import ContractError, check_atlas_table, check_manifest_files
-from tests.consortium.pipeline.synthetic import make_bundle
+from tests.helpers.bundles import make_bundle
 
 
 def _write_tsv(path: Path, labels: list[str], networks: list[str], dmn: list[int]) -> Path:

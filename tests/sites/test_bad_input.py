@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from sites.bundle import read_bundle
 from sites.cli import app
 from sites.qc import local_log_path
-from tests.factories import make_site
-from tests.sites import synthetic
+from tests.helpers import site_folders as synthetic
+from tests.helpers.keys import make_site
 
 runner = CliRunner()
 

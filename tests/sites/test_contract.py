@@ -35,7 +35,7 @@ from sites.contract import (
 )
 from sites.phenotypes import PhenotypeError, load_phenotypes
 from sites.qc import local_log_path
-from tests.factories import build_abide_bundle
+from tests.helpers.bundles import build_abide_bundle
 
 LABELS = {"case": "ASD", "control": "TDC"}
 
@@ -196,7 +196,8 @@ def test_qc_defaults_lie_inside_the_contract():
 
 
 def test_config_refuses_a_qc_window_beyond_the_contract(tmp_path):
-    from tests.factories import abide_config_text, make_site
+    from tests.helpers.bundles import abide_config_text
+    from tests.helpers.keys import make_site
 
     keys = make_site(tmp_path, "S01")
     text = abide_config_text("S01", tmp_path, keys) + "age_min = 0\nage_max = 150\n"

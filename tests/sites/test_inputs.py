@@ -16,8 +16,8 @@ from sites.atlas import load_atlas
 from sites.bundle import read_bundle
 from sites.config import load_config
 from sites.timeseries import TimeseriesError, parse_columns, read_timeseries
-from tests.factories import make_site
-from tests.sites import synthetic
+from tests.helpers import site_folders as synthetic
+from tests.helpers.keys import make_site
 
 
 def _fisher(ts: np.ndarray) -> np.ndarray:

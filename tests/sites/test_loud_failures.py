@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sites.cli import CONFIG_TEMPLATE, EXIT_TOO_FEW_INCLUDED, app
-from tests.factories import abide_config_text, make_site
+from sites.cli import EXIT_TOO_FEW_INCLUDED, app
+from sites.template import render_template
+from tests.helpers.bundles import abide_config_text
+from tests.helpers.keys import make_site
 
 REPO = Path(__file__).resolve().parents[2]
 SITE = "KKI"  # 33 subjects: quick
@@ -97,7 +99,7 @@ def test_keys_relative_to_config_not_base_dir(tmp_path, abide_dir):
 
 
 def test_template_links_only_existing_docs():
-    paths = re.findall(r"docs/[\w./-]+", CONFIG_TEMPLATE)
+    paths = re.findall(r"docs/[\w./-]+", render_template("S01"))
     assert paths, "the template should point to the guide"
     for path in paths:
         assert (REPO / path.rstrip(".")).exists(), path

@@ -22,7 +22,8 @@ from sites.config import ConfigError, load_config
 from sites.matrices import MatrixError, guess_kind, matrix_edges, read_matrix
 from sites.qc import local_log_path
 from sites.timeseries import read_timeseries
-from tests.factories import abide_config_text, make_site
+from tests.helpers.bundles import abide_config_text
+from tests.helpers.keys import make_site
 
 SITE = "KKI"
 N_SUBJECTS = 5

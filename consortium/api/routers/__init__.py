@@ -16,6 +16,7 @@ from consortium.api.routers import (
     releases,
     sites,
     submissions,
+    tasks,
     tokens,
 )
 
@@ -30,4 +31,5 @@ ROUTERS: list[APIRouter] = [
     members.router,
     proposals.router,
     register.router,
+    tasks.router,
 ]

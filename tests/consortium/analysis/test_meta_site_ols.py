@@ -28,8 +28,8 @@ from consortium.analysis.pipeline import run_analysis
 from consortium.dataset import Dataset
 from consortium.report import render_report
 from sites.bundle import read_bundle
-from tests.consortium.pipeline import synthetic
-from tests.factories import build_abide_bundle
+from tests.helpers import bundles as synthetic
+from tests.helpers.bundles import build_abide_bundle
 
 ABIDE_SITES = ("KKI", "OHSU", "STANFORD")
 COVARIATES = ["age", "sex", "mean_fd"]
@@ -202,7 +202,8 @@ def test_pipeline_site_g_equals_statsmodels_on_raw_outcome(runs):
 
 def test_report_says_meta_analysis_is_unharmonized(runs, tmp_path):
     html = render_report(runs["combat"], tmp_path / "report.html").read_text()
-    section = html[html.index('id="forest-plot"') : html.index('id="network-matrix"')]
+    start = html.index('id="forest-plot"')
+    section = html[start : html.index("</section>", start)]
     assert "uses the unharmonized outcomes" in section
     assert "although the mixed model uses ComBat-harmonized ones" in section
     assert "a site's t is invariant to its own location and scale" in section

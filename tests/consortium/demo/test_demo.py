@@ -39,6 +39,7 @@ def small_demo(tmp_path_factory):
                     progress=False)
 
 
+@pytest.mark.slow
 def test_small_demo_through_server_and_site_processes(small_demo) -> None:
     out, summary = small_demo.out, small_demo.summary
     assert summary["sites"] == 3 and len(summary["release"]["hash"]) == 64
@@ -86,6 +87,7 @@ def test_refuses_foreign_output_folder(tmp_path: Path) -> None:
     assert (tmp_path / "precious.txt").read_text() == "not a demo"
 
 
+@pytest.mark.slow
 def test_real_data_variant_on_two_abide_sites(abide_dir: Path, tmp_path: Path) -> None:
     options = RealDataOptions(sites=("NYU", "STANFORD"), max_subjects=6)
     result = run_demo(tmp_path / "out", data=abide_dir, real=options, min_per_group=3,

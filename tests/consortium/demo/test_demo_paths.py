@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from consortium.cli.main import app
 
 
+@pytest.mark.slow
 def test_relative_data_and_out_from_another_cwd(
     abide_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

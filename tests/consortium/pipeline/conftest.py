@@ -8,7 +8,7 @@ import pytest
 
 from consortium.analysis.pipeline import run_analysis
 from consortium.dataset import Dataset
-from tests.consortium.pipeline.synthetic import make_bundles
+from tests.helpers.bundles import make_bundles
 
 # Few permutations, random-intercept edges: keeps the suite fast (a random-slope fit of
 # 12,720 edges takes ~8 s here); the slope model is covered by the dmn/networks/voxels runs.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import pytest
@@ -14,17 +13,14 @@ from consortium.api import create_app
 from consortium.cli.main import app as cli
 from consortium.settings import Settings
 from sites.bundle import export_bundle
-
-ADMIN_TOKEN = re.compile(r"admin token \(shown once, store it safely\): (\S+)")
+from tests.helpers.server import init_coordinator
 
 
 @pytest.fixture
 def coordinator(tmp_path, synthetic_bundles):
     """A coordinator root holding release r1 of the three synthetic bundles."""
     root = tmp_path / "coord"
-    result = CliRunner().invoke(cli, ["coord", "init", "--root", str(root)])
-    assert result.exit_code == 0, result.output
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN.search(result.output).group(1)}"}
+    admin = {"Authorization": f"Bearer {init_coordinator(root)}"}
     client = TestClient(create_app(Settings.load(root)))
     for bundle in synthetic_bundles:
         r = client.post("/api/v1/sites", headers=admin, json={

@@ -11,7 +11,7 @@ from consortium.analysis.pipeline import AnalysisError, run_analysis
 from consortium.dataset import Dataset, DatasetError
 from sites.atlas import load_atlas
 from sites.bundle import read_bundle
-from tests.consortium.pipeline.synthetic import make_bundle
+from tests.helpers.bundles import make_bundle
 
 
 def _custom_tsv(path: Path, rename: str = "") -> Path:
@@ -38,6 +38,7 @@ def _bundles(tmp_path: Path, tsv_b: Path | None = None) -> list:
     return [read_bundle(p) for p in paths]
 
 
+@pytest.mark.slow
 def test_analysis_uses_release_atlas_and_default_name(tmp_path):
     dataset = Dataset.from_bundles(_bundles(tmp_path))
     assert dataset.atlases == ["dos160"]

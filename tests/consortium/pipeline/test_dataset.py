@@ -14,8 +14,7 @@ from consortium.dataset import Dataset, DatasetError
 from sites.atlas import load_atlas
 from sites.bundle import read_bundle, write_bundle
 from sites.connectivity import network_summaries
-from tests.consortium.pipeline.synthetic import AFFINE, make_bundle, map_mask
-from tests.factories import build_abide_bundle
+from tests.helpers.bundles import AFFINE, build_abide_bundle, make_bundle, map_mask
 
 
 def test_views_are_aligned_with_subjects(dataset, synthetic_bundles):

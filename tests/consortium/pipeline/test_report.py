@@ -23,12 +23,14 @@ PNG = base64.b64decode(
 class _Collector(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.ids, self.sources, self.hrefs = [], [], []
+        self.ids, self.sources, self.hrefs, self.sections = [], [], [], []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if "id" in attrs:
             self.ids.append(attrs["id"])
+            if tag == "section":
+                self.sections.append(attrs["id"])
         if "src" in attrs:
             self.sources.append(attrs["src"])
         if "href" in attrs:
@@ -53,7 +55,8 @@ def test_full_report_is_self_contained(results, tmp_path):
     html = render_report([results[k] for k in ("dmn", "networks", "edges", "voxels")]
                          + [prediction], tmp_path / "report.html")
     page = _parse(html)
-    assert set(SECTION_IDS) <= set(page.ids)
+    # Everything ran (dmn with ComBat: diagnostics; dmn and edges: sensitivity).
+    assert page.sections == [h[1:] for h in page.hrefs] == list(SECTION_IDS)
     assert page.sources and all(src.startswith("data:image/png;base64,") for src in page.sources)
     assert all(h.startswith("#") for h in page.hrefs)
     text = html.read_text()
@@ -61,18 +64,24 @@ def test_full_report_is_self_contained(results, tmp_path):
     dmn = json.loads((results["dmn"] / "results.json").read_text())
     combat, none = dmn["dmn"]["models"]["combat"], dmn["dmn"]["models"]["none"]
     assert f"{combat['d']:.3f}" in text and f"{none['d']:.3f}" in text
-    assert "with ComBat" in text and "without ComBat" in text
+    assert "ComBat: site location/scale with empirical Bayes (combat)" in text
+    assert "no harmonization (none)" in text
     assert "random_10fold" in text and "0.610" in text
     # Figures embedded: forest, DMN ROIs, network matrix, edge blocks, strongest edges,
-    # voxel map, and the prediction figure.
-    assert len(page.sources) == 7
+    # voxel map, the ComBat location/scale plot and the prediction figure.
+    assert len(page.sources) == 8
 
 
-def test_partial_report_keeps_section_ids(results, tmp_path):
+def test_partial_report_shows_only_what_ran(results, tmp_path):
     html = render_report(results["voxels"], tmp_path / "report.html")
     page = _parse(html)
-    assert set(SECTION_IDS) - {"prediction"} <= set(page.ids)
-    assert "No dmn analysis is part of this report" in html.read_text()
+    expected = ["summary", "sample", "qc-exclusions", "voxel-map", "provenance"]
+    assert [h[1:] for h in page.hrefs] == expected
+    assert page.sections == expected
+    # Sections that did not run leave no anchor; the summary names the kinds not run.
+    text = html.read_text()
+    assert not {"mixed-model", "forest-plot", "network-matrix", "glass-brain"} & set(page.ids)
+    assert "Not run, so not shown: dmn, networks, edges" in text
 
 
 def test_bad_inputs_name_the_file(results, tmp_path):

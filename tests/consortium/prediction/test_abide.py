@@ -34,6 +34,7 @@ def test_abide_features_are_the_release(abide_features):
     assert np.isfinite(f.X).all()
 
 
+@pytest.mark.slow
 def test_leave_site_out_accuracy_is_plausible(abide_results):
     loso = abide_results["leave-one-site-out"]["pooled"]
     rand = abide_results["stratified-kfold"]["pooled"]

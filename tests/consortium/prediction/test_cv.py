@@ -23,6 +23,7 @@ from consortium.analysis.cv import (
     outer_splits,
     permute_within_site,
 )
+from consortium.analysis.prediction import crossval as CV
 
 from .conftest import simulate_sites
 
@@ -149,21 +150,21 @@ def test_a_test_fold_never_sees_its_labels():
     """Flipping the held-out subjects' labels leaves their scores unchanged."""
     feats = simulate_sites(seed=2, n_sites=5, n_per_site=20, n_features=60, effect=2.0)
     config = P.PredictionConfig(models=["logistic", "svm"], grid=[0.01, 0.1], inner_folds=2)
-    data = P._prepare(feats, config)
+    data = CV._prepare(feats, config)
     test = np.flatnonzero(feats.sites == "site1")
     train = np.flatnonzero(feats.sites != "site1")
     specs = [P.make_model(name, config.grid) for name in config.models]
-    first = P._fit_fold(data, 0, train, test, specs, config, None)
-    flipped = P._Data(data.X, data.y.copy(), data.sites, data.phenotypes, data.extra)
+    first = CV._fit_fold(data, 0, train, test, specs, config, None)
+    flipped = CV._Data(data.X, data.y.copy(), data.sites, data.phenotypes, data.extra)
     flipped.y[test] = 1 - flipped.y[test]
-    second = P._fit_fold(flipped, 0, train, test, specs, config, None)
+    second = CV._fit_fold(flipped, 0, train, test, specs, config, None)
     for a, b in zip(first, second, strict=True):
         assert np.array_equal(a["score"], b["score"])
         assert a["value"] == b["value"]
     # ... while the training labels do matter (the check can fail)
-    changed = P._Data(data.X, data.y.copy(), data.sites, data.phenotypes, data.extra)
+    changed = CV._Data(data.X, data.y.copy(), data.sites, data.phenotypes, data.extra)
     changed.y[train] = 1 - changed.y[train]
-    third = P._fit_fold(changed, 0, train, test, specs, config, None)
+    third = CV._fit_fold(changed, 0, train, test, specs, config, None)
     assert not np.allclose(first[0]["score"], third[0]["score"])
 
 
@@ -171,7 +172,7 @@ def test_fold_combat_uses_training_case_fraction_for_test_subjects():
     feats = simulate_sites(seed=4, n_sites=4, n_per_site=15, n_features=30)
     train = np.flatnonzero(feats.sites != "site3")
     test = np.flatnonzero(feats.sites == "site3")
-    harm = P.FoldComBat()
+    harm = P.FoldHarmonizer("combat")
     harm.fit_transform(feats.X[train], feats.sites[train], feats.subjects.iloc[train],
                        feats.y[train])
     assert harm.dx_fill_ == pytest.approx(feats.y[train].mean())
@@ -200,6 +201,6 @@ def test_nested_search_records_choices_and_inner_scores():
 def test_fold_combat_drops_covariates_collinear_with_site():
     feats = simulate_sites(seed=6, n_sites=4, n_per_site=12, n_features=20)
     feats.subjects["sex"] = np.where(feats.sites == "site0", "F", "M")  # sex = site0 indicator
-    harm = P.FoldComBat()
+    harm = P.FoldHarmonizer("combat")
     out = harm.fit_transform(feats.X, feats.sites, feats.subjects, feats.y)
     assert harm.columns_ == ["age", "dx"] and np.isfinite(out).all()

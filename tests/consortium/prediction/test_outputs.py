@@ -17,6 +17,8 @@ from consortium.analysis.prediction import (
     features_from_abide,
     run_prediction,
 )
+from consortium.analysis.prediction import output as prediction_output
+from consortium.analysis.prediction.features import labelled_subjects
 from consortium.cli.main import app
 
 from .conftest import simulate_sites
@@ -91,7 +93,7 @@ def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(P, "plot_site_scores", broken)
+    monkeypatch.setattr(prediction_output, "plot_site_scores", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         run_prediction(feats, tmp_path / "out", PredictionConfig(**FAST))
     assert list(tmp_path.iterdir()) == []
@@ -111,7 +113,7 @@ def test_bad_options_and_phenotypes_are_named():
 def test_unknown_diagnosis_label_is_named():
     subjects = pd.DataFrame({"subject_key": ["a", "b"], "site": ["X", "X"], "dx": ["MDD", "BD"]})
     with pytest.raises(PredictionError, match=r"site 'X', subject 'b': diagnosis 'BD'"):
-        P._labelled_subjects(subjects, {"case": "MDD", "control": "HC"})
+        labelled_subjects(subjects, {"case": "MDD", "control": "HC"})
 
 
 def test_other_scikit_learn_classifiers_by_name():
@@ -170,7 +172,7 @@ def test_cli_rejects_two_data_sources(tmp_path):
 def test_cli_on_site_bundles(abide_dir, tmp_path):
     """The site agent turns ABIDE sites into bundles; `--bundles FOLDER` predicts from them."""
     from sites.bundle import read_bundle
-    from tests.factories import build_abide_bundle
+    from tests.helpers.bundles import build_abide_bundle
 
     data = _abide_subset(abide_dir, tmp_path / "abide", sites=("KKI", "NYU", "PITT", "USM"))
     built = [build_abide_bundle(data, site, tmp_path / "bundles" / site)

@@ -14,15 +14,18 @@ from consortium.ingest import ingest_archive
 from consortium.registry import add_site
 from consortium.releases import create_release, get_release
 from sites.bundle import read_bundle
-from tests.consortium.service.bundles import make_keys, synthetic_bundle, tar_dir
-from tests.consortium.service.conftest import Server
+from tests.helpers.archives import tar_dir
+from tests.helpers.bundles import synthetic_bundle
+from tests.helpers.keys import make_keys
+from tests.helpers.server import init_coordinator
 
 SITES = ("S01", "S02", "S03", "S04")
 
 
 def _coordinator_root(tmp_path):
     """A root with four ingested sites and release r1 of three of them, one subject out."""
-    root = Server(tmp_path / "coord", None).root  # runs `confed coord init`
+    root = tmp_path / "coord"
+    init_coordinator(root)
     coord = Coordinator.open(root)
     bundles = {}
     for i, site in enumerate(SITES):

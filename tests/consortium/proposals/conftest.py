@@ -1,15 +1,13 @@
-"""Fixtures: three ABIDE sites as signed bundles, and a coordinator server."""
+"""Fixtures: three ABIDE sites as signed bundles (the server is in tests/consortium)."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
 
-from tests.consortium.service.bundles import tar_dir
-from tests.consortium.service.conftest import Server
-from tests.factories import build_abide_bundle
+from tests.helpers.archives import tar_dir
+from tests.helpers.bundles import build_abide_bundle
 
 ABIDE_SITES = ("KKI", "STANFORD", "UM_2")
 
@@ -28,17 +26,3 @@ def abide_bundles(abide_dir, tmp_path_factory) -> dict[str, dict[str, Path]]:
             "config": folder / f".{site}-site.toml",
         }
     return out
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request) -> str | None:
-    if request.param == "postgres":
-        return request.getfixturevalue("postgres_url")
-    return None
-
-
-@pytest.fixture
-def server(tmp_path, db_url):
-    srv = Server(tmp_path / "coord", db_url).start()
-    yield srv
-    srv.kill(signal.SIGTERM)

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from consortium.db.session import default_sqlite_url
 from consortium.proposals.models import Grant
 from sites.bundle import read_bundle
-from tests.consortium.service.conftest import confed
+from tests.helpers.server import confed
 
 OUTCOME = "unassigned__unassigned"  # ho111 has no network assignment
 
@@ -142,9 +142,11 @@ def test_proposal_flow(server, abide_bundles, tmp_path):
         assert result["n_subjects"] == 42 and result["cells"]["site"] == {"KKI": 19, "STANFORD": 23}
         assert result["strata"]["suppressed"] == ["site=KKI, dx=ASD, age=[0, 120]"]
         assert set(result) == {
-            "analysis", "measure", "outcome", "n_subjects", "cells", "strata", "fixed_effects",
-            "variance_components", "residual_variance", "converged", "formula",
+            "schema", "analysis", "measure", "outcome", "harmonize", "n_subjects", "cells",
+            "strata", "coefficients", "variance_components", "residual_variance", "converged",
+            "formula",
         }  # fmt: skip
+        assert result["harmonize"] == "none"
         small = r.post(
             f"/proposals/{code}/analyses",
             json={**query, "filters": [{"column": "sex", "op": "eq", "value": "F"}]},
@@ -167,7 +169,7 @@ def test_proposal_flow(server, abide_bundles, tmp_path):
     analysed = expected[~((expected["site"] == "KKI") & (expected["dx"] == "ASD"))]
     ref_data = analysed.assign(case=(analysed["dx"] == "ASD").astype(float))
     ref = smf.mixedlm(f"{OUTCOME} ~ case + age + sex", ref_data, groups="site").fit(reml=True)
-    fixed = result["fixed_effects"]
+    fixed = {c["term"]: c for c in result["coefficients"]}
     assert abs(fixed["case"]["estimate"] - ref.params["case"]) < 1e-4 * (
         1 + abs(ref.params["case"])
     )

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import io
 import json
-import signal
 import tarfile
 
 import nibabel as nib
@@ -29,8 +28,10 @@ from consortium.errors import ConfedError
 from consortium.proposals.export import unpack_verified
 from consortium.proposals.lifecycle import parse_code
 from sites.bundle import read_bundle
-from tests.consortium.service.bundles import make_keys, synthetic_bundle, tar_dir
-from tests.consortium.service.conftest import Server
+from tests.helpers.archives import tar_dir
+from tests.helpers.bundles import synthetic_bundle
+from tests.helpers.keys import make_keys
+from tests.helpers.server import serving
 
 SITES = ("S01", "S02", "S03", "S04")
 GRANTED = ("S01", "S02", "S03")
@@ -54,9 +55,8 @@ def _member(c, name: str, institution: str, role: str) -> str:
 def world(tmp_path_factory):
     """A running coordinator with release r1 of four sites, a researcher and two chairs."""
     tmp = tmp_path_factory.mktemp("meta-exports")
-    server = Server(tmp / "coord", None).start()
     bundles, site_tokens = {}, {}
-    try:
+    with serving(tmp / "coord", None) as server:
         for i, site in enumerate(SITES):
             private, public = make_keys(tmp / "keys", site)
             edit = _unbalance_s02 if site == "S02" else None
@@ -77,8 +77,6 @@ def world(tmp_path_factory):
             "researcher": researcher,
             "chairs": chairs,
         }
-    finally:
-        server.kill(signal.SIGTERM)
 
 
 def _active_proposal(world, measures: list[str], columns: list[str]) -> str:
@@ -155,8 +153,10 @@ def test_remote_meta_analysis(world):
     assert result["cells"]["dx"] == {"ASD": 38, "TDC": 34}
     ref = random_effects(np.array(yi), np.array(vi)).as_dict()
     pooled = result["pooled"]
+    # schema confed.analysis/2 vocabulary: ci = [low, high], p (library: ci_low/ci_high, pvalue)
+    ours = {**pooled, "ci_low": pooled["ci"][0], "ci_high": pooled["ci"][1], "pvalue": pooled["p"]}
     for key in ("estimate", "se", "ci_low", "ci_high", "pvalue", "tau2", "q", "i2", "k"):
-        assert pooled[key] == pytest.approx(ref[key], rel=1e-7, abs=1e-10), key
+        assert ours[key] == pytest.approx(ref[key], rel=1e-7, abs=1e-10), key
     assert "weights" not in pooled  # aggregate only
 
     for refused in (by_sex, by_age):

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from consortium.db.session import default_sqlite_url
 from consortium.proposals.lifecycle import parse_code
 from sites.bundle import read_bundle
-from tests.factories import build_abide_bundle
+from tests.helpers.bundles import build_abide_bundle
 
 MIN = 10
 DEFAULT_EDGES = [0, 12, 18, 30, 45, 65, 120]
@@ -59,7 +59,7 @@ def _member(c, name: str, institution: str, role: str) -> str:
 
 
 def _world(server, bundles: dict) -> dict:
-    from tests.consortium.service.bundles import tar_dir
+    from tests.helpers.archives import tar_dir
 
     tokens = {}
     for site, files in bundles.items():
@@ -181,6 +181,7 @@ def _isolated(subjects: pd.DataFrame) -> tuple[int, float, float]:
     raise AssertionError("no isolated NYU age")
 
 
+@pytest.mark.slow
 def test_chained_differencing_is_impossible(server, abide_bundles, nyu_bundle):
     sites = ("KKI", "STANFORD", "UM_2")
     bundles = {s: abide_bundles[s] for s in sites} | {"NYU": nyu_bundle}

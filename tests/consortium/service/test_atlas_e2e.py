@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 
 from sites.atlas import atlas_tsv_bytes, load_atlas
-from tests.consortium.service.conftest import confed
-from tests.factories import abide_config_text, make_site
+from tests.helpers.bundles import abide_config_text
+from tests.helpers.keys import make_site
+from tests.helpers.server import confed
 
 SITES = {"S01": ("NYU", 40), "S02": ("KKI", None), "S03": ("STANFORD", None)}
 KEEP = [i for i in range(1, 112) if i != 83]
@@ -124,6 +125,7 @@ def test_custom_atlas_travels_with_the_data(server, abide_dir, tmp_path):
         _analyze(server, "edges", tmp_path / "edges2", "--atlas", "ho111")
 
 
+@pytest.mark.slow
 def test_demo_with_atlas_gives_the_same_numbers(server, abide_dir, tmp_path):
     """``confed demo --data --atlas my.tsv`` equals the separate commands, number for number."""
     atlas = tmp_path / "shared" / "ho111net.tsv"

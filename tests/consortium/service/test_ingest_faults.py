@@ -16,8 +16,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from consortium.db.session import default_sqlite_url
-from tests.consortium.service.bundles import member
-from tests.consortium.service.conftest import Server, free_port
+from tests.helpers.archives import member
+from tests.helpers.server import Server, free_port
 
 
 def _code(r: httpx.Response, status: int, code: str) -> str:
@@ -171,7 +171,8 @@ def _forged_subjects(folder, site_keys, change):
     """A correctly signed S01 bundle whose subjects.parquet was changed after writing."""
     import pandas as pd
 
-    from tests.consortium.service.bundles import forge_table, synthetic_bundle, tar_dir
+    from tests.helpers.archives import forge_table, tar_dir
+    from tests.helpers.bundles import synthetic_bundle
 
     b = synthetic_bundle(folder / "S01", "S01", site_keys["S01"][0], seed=7)
     subjects = pd.read_parquet(b / "subjects.parquet")

@@ -19,9 +19,10 @@ from sites.agent import compute
 from sites.bundle import export_bundle
 from sites.client import Connection, SubmitError, upload
 from sites.config import load_config
-from tests.consortium.service.bundles import synthetic_bundle, tar_dir
-from tests.consortium.service.conftest import confed, free_port
-from tests.factories import abide_config_text, make_site
+from tests.helpers.archives import tar_dir
+from tests.helpers.bundles import abide_config_text, synthetic_bundle
+from tests.helpers.keys import make_site
+from tests.helpers.server import confed, free_port
 
 ABIDE_SITES = {"S01": "NYU", "S02": "UM_1", "S03": "USM"}
 NO_MOTION = "S02"

@@ -9,12 +9,15 @@ from consortium.ingest import ingest_archive
 from consortium.registry import add_site
 from consortium.releases import create_release, open_release
 from sites.bundle import read_bundle
-from tests.consortium.service.bundles import make_keys, synthetic_bundle, tar_dir
-from tests.consortium.service.conftest import Server
+from tests.helpers.archives import tar_dir
+from tests.helpers.bundles import synthetic_bundle
+from tests.helpers.keys import make_keys
+from tests.helpers.server import init_coordinator
 
 
 def test_release_maps_chunked_with_exclusions(tmp_path):
-    root = Server(tmp_path / "coord", None).root  # runs `confed coord init`
+    root = tmp_path / "coord"
+    init_coordinator(root)
     coord = Coordinator.open(root)
     bundles = {}
     for i, site in enumerate(("S01", "S02")):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from sites.bundle import export_bundle, read_bundle
-from tests.consortium.service.conftest import confed
-from tests.factories import build_abide_bundle, make_site
+from tests.helpers.bundles import build_abide_bundle
+from tests.helpers.keys import make_site
+from tests.helpers.server import confed
 
 ABIDE_SITES = {"S01": "KKI", "S02": "SDSU", "S03": "NYU"}
 
@@ -116,7 +117,8 @@ def test_three_abide_sites_release(server, abide_bundles, tmp_path):
 
 
 def test_supersession_keeps_old_versions(server, site_keys, tmp_path):
-    from tests.consortium.service.bundles import synthetic_bundle, tar_dir
+    from tests.helpers.archives import tar_dir
+    from tests.helpers.bundles import synthetic_bundle
 
     token = server.add_site("S05", site_keys["S05"][1])
     tars = [

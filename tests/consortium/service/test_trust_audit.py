@@ -11,7 +11,6 @@ the sites kept) both catch it and name the entry.
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from consortium.db.models import AuditEntry, AuditHead
 from consortium.db.session import Database, default_sqlite_url
 from sites.client import read_connection, submit
 from sites.receipts import RECEIPTS_FILE, Receipt, verify_receipt
-from tests.consortium.service.conftest import Server, confed
+from tests.helpers.server import Server, confed, serving
 
 SITES = ("S01", "S02", "S03")
 ALLOWED = {"ok", "missing", "altered", "bad-signature"}
@@ -41,8 +40,8 @@ def _site_config(folder: Path, site: str, url: str, token: str) -> Path:
 class Consortium:
     """A coordinator with three sites that submitted through the real site client."""
 
-    def __init__(self, tmp_path: Path, db_url: str | None, site_keys, small_tars):
-        self.server = Server(tmp_path / "coord", db_url).start()
+    def __init__(self, server: Server, tmp_path: Path, site_keys, small_tars):
+        self.server = server
         self.configs: dict[str, Path] = {}
         for site in SITES:
             token = self.server.add_site(site, site_keys[site][1])
@@ -96,9 +95,8 @@ class Consortium:
 
 @pytest.fixture
 def consortium(tmp_path, db_url, site_keys, small_tars):
-    world = Consortium(tmp_path, db_url, site_keys, small_tars)
-    yield world
-    world.server.kill(signal.SIGTERM)
+    with serving(tmp_path / "coord", db_url) as server:
+        yield Consortium(server, tmp_path, site_keys, small_tars)
 
 
 def _rows(db: Database) -> list[dict]:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.consortium.service.bundles import forge_table, resign, synthetic_bundle, tar_dir
+from tests.helpers.archives import forge_table, resign, tar_dir
+from tests.helpers.bundles import synthetic_bundle
 
 
 def _forged(tmp_path: Path, site_keys, name: str, change, **manifest) -> Path:

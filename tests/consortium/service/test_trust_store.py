@@ -25,8 +25,9 @@ from sqlalchemy import select
 
 from sites.bundle import MANIFEST, SIGNATURE
 from sites.keys import load_private_key
-from tests.consortium.service.bundles import resign, synthetic_bundle, tar_dir
-from tests.consortium.service.conftest import Server, confed
+from tests.helpers.archives import resign, tar_dir
+from tests.helpers.bundles import synthetic_bundle
+from tests.helpers.server import Server, confed
 
 
 def _code(r: httpx.Response, status: int, code: str) -> str:
@@ -97,6 +98,7 @@ def _gzip_bomb(bundle: Path, out: Path, zeros: int) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_hostile_manifests_and_archives(tmp_path, db_url, site_keys, small_tars):
     key = site_keys["S01"][0]
     srv = Server(tmp_path / "coord", db_url).start()
