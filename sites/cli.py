@@ -3,7 +3,7 @@
 ``init`` makes the config, signing keys and pseudonymization secret;
 ``compute`` writes a bundle; ``validate`` re-checks one; ``export`` packs a
 bundle as a ``.tar``. Upload commands (``submit``, ``status``,
-``verify-receipts``, ``proposals``) live in :mod:`sites.client` and
+``verify-receipts``, ``proposals``) live in :mod:`sites.client_commands` and
 :mod:`sites.proposals_client` and are imported only when they run
 (:mod:`sites.lazy_cli`). This module imports nothing heavy at import time
 (numpy, pandas, nibabel, httpx, ...: inside the commands), so ``--help``
@@ -25,17 +25,17 @@ from sites.lazy_cli import LazyCommand, lazy_group
 #: Upload commands, imported when run; the short help is their docstring's first line.
 UPLOAD_COMMANDS = {
     "submit": LazyCommand(
-        "sites.client",
+        "sites.client_commands",
         "submit_command",
         "Upload a bundle to the coordinator (safe to repeat: same bundle, same submission).",
     ),
     "status": LazyCommand(
-        "sites.client",
+        "sites.client_commands",
         "status_command",
         "Show what the coordinator accepted or rejected from this site, and why.",
     ),
     "verify-receipts": LazyCommand(
-        "sites.client",
+        "sites.client_commands",
         "verify_receipts_command",
         "Check every kept receipt against the coordinator's audit log; exit 1 unless all ok.",
     ),

@@ -13,14 +13,20 @@ Rounds (one task per site each):
 - ``dmn``: ``meta_summary`` (per-site OLS, the site meta-analysis), then
   ``mixed_stats`` with and without the site random slope of Dx (the model and its
   slope LRT) on the sites the meta round found usable;
-- ``edges``: ``mass_stats`` over every edge of the atlas.
+- ``edges``: ``mass_stats`` over every edge of the atlas;
+- ``networks``: ``mass_stats`` over every network-pair mean (one outcome per column,
+  as the edges model);
+- with ``--harmonize combat``: distributed ComBat on the sites' edges first
+  (:mod:`consortium.federated.combat`, three rounds); the harmonized edges stay at
+  the sites, which compute the statistics (and the network means) on them. DMN and
+  networks keep the unharmonized fit next to the harmonized one, as the pooled run.
 
 A site with fewer than ``min_per_group`` cases or controls refuses (as the pooled
 design excludes it) and is listed in ``design.sites_excluded`` with its reason.
 
-Available now: ``dmn`` and ``edges``, without harmonization (``--harmonize none``;
-distributed ComBat is exact, see :mod:`harmonization.distributed`, but not yet wired
-into the analyses), contrast ``all``, no permutations and no covariate sensitivity.
+Available now: ``dmn``, ``networks`` and ``edges``, with ``--harmonize none`` or
+``combat``, contrast ``all``, no permutations, no covariate sensitivity and no
+harmonization diagnostics section.
 Each site's subjects are its bundle's included subjects with complete covariates (a
 site with a missing covariate value refuses, naming the column).
 """
@@ -50,12 +56,14 @@ from consortium.analysis.results import (
     to_json,
 )
 from consortium.federated import combine
+from consortium.federated.combat import harmonized_round
 from consortium.federated.orchestrator import FederatedIncomplete, FederatedOutcome, run_federated
 from consortium.provenance import check_out_dir, software_versions, staged_output
 
 __all__ = ["FEDERATED_KINDS", "run_federated_analysis"]
 
-FEDERATED_KINDS = ("dmn", "edges")
+FEDERATED_KINDS = ("dmn", "networks", "edges")
+FEDERATED_HARMONIZERS = ("none", "combat")
 OUTCOME = "dmn_restmeta"
 
 
@@ -67,10 +75,10 @@ def check_federated(params: AnalysisParams) -> None:
             f"kind {params.kind!r} is not available in federated mode yet "
             f"(available: {', '.join(FEDERATED_KINDS)})"
         )
-    if params.harmonize != "none":
+    if params.harmonize not in FEDERATED_HARMONIZERS:
         problems.append(
-            f"harmonize {params.harmonize!r} is not available in federated mode yet; "
-            "use --harmonize none"
+            f"harmonize {params.harmonize!r} is not available in federated mode "
+            f"(available: {', '.join(FEDERATED_HARMONIZERS)})"
         )
     if params.contrast != "all":
         problems.append(f"contrast {params.contrast!r}: federated mode offers contrast 'all'")
@@ -98,8 +106,11 @@ class _Rounds:
     def __init__(self, coord: Any, sites: Sequence[str], run: Mapping[str, Any]):
         self.coord, self.sites, self.run, self.outcomes = coord, list(sites), dict(run), []
 
-    def __call__(self, kind: str, params: Mapping[str, Any], sites=None) -> FederatedOutcome:
-        outcome = run_federated(self.coord, kind, params, sites or self.sites, **self.run)
+    def __call__(
+        self, kind: str, params: Mapping[str, Any], sites=None, site_params=None
+    ) -> FederatedOutcome:
+        outcome = run_federated(self.coord, kind, params, sites or self.sites,
+                                site_params=site_params, **self.run)  # fmt: skip
         self.outcomes.append(outcome)
         if not outcome.messages:
             named = {**outcome.refused, **{s: "no answer" for s in outcome.missing}}
@@ -110,10 +121,15 @@ class _Rounds:
         return outcome
 
 
-def _excluded(outcome: FederatedOutcome) -> list[dict[str, Any]]:
-    return [{"site": s, "reason": r} for s, r in sorted(outcome.refused.items())] + [
-        {"site": s, "reason": "no answer before the timeout"} for s in outcome.missing
-    ]
+def _excluded(outcomes: Sequence[FederatedOutcome], used: Sequence[str]) -> list[dict]:
+    """Each asked site not in the model, with the first reason a round gave."""
+    reasons: dict[str, str] = {}
+    for outcome in outcomes:
+        for site, reason in outcome.refused.items():
+            reasons.setdefault(site, reason)
+        for site in outcome.missing:
+            reasons.setdefault(site, "no answer before the timeout")
+    return [{"site": s, "reason": reasons[s]} for s in sorted(reasons) if s not in used]
 
 
 def _counts(outcome: FederatedOutcome) -> tuple[int, int]:
@@ -149,8 +165,26 @@ def _mixed_fit(with_slope: Any, without: Any, n_case: int, n_control: int) -> Mi
     )  # fmt: skip
 
 
+def _atlas(params: AnalysisParams) -> Any:
+    from sites.atlas import AtlasError, load_atlas
+
+    try:
+        return load_atlas(params.atlas)
+    except (AtlasError, FileNotFoundError, ValueError) as exc:
+        raise AnalysisError(f"atlas {params.atlas!r}: {exc}") from exc
+
+
+def _stats(rounds: _Rounds, params: AnalysisParams, harm: str, kind: str, tasks: list,
+           sites: Sequence[str]) -> list[FederatedOutcome]:  # fmt: skip
+    """One ``kind`` round per task, on the sites' own or ComBat-harmonized data."""
+    if harm == "none":
+        return [rounds(kind, task, list(sites)) for task in tasks]
+    n_edges = _atlas(params).n_edges
+    return harmonized_round(rounds, kind, tasks, sites, params.atlas, n_edges, params.ref_site)
+
+
 def _run_dmn(rounds: _Rounds, params: AnalysisParams, dx_labels, out: Path) -> tuple:
-    from consortium.analysis.kinds.dmn import meta_from_sites
+    from consortium.analysis.kinds.dmn import harmonizations, meta_from_sites
 
     source = {"type": "networks", "atlas": params.atlas, "columns": [OUTCOME]}
     base = {"source": source, "min_per_group": params.min_per_group}
@@ -162,42 +196,72 @@ def _run_dmn(rounds: _Rounds, params: AnalysisParams, dx_labels, out: Path) -> t
     table["covariates"] = ", ".join(params.covariates)
     table["covariates_dropped"] = ""
     section_meta = meta_from_sites(table, list(params.covariates), out)
-    usable = meta.sites_used
-    fits = {}
-    for slope in (True, False):
-        design = _design(params, dx_labels, slope)
-        outcome = rounds("mixed_stats", {**base, "design": design}, usable)
-        fits[slope] = combine.combine_mixed(outcome.messages, design, reml=False)
-    n_case, n_control = _counts(outcome)
-    model = _mixed_fit(fits[True], fits[False], n_case, n_control)
+    designs = [_design(params, dx_labels, slope) for slope in (True, False)]
+    models = {}
+    for harm in harmonizations(params):
+        tasks = [{**base, "design": design} for design in designs]
+        outcomes = _stats(rounds, params, harm, "mixed_stats", tasks, meta.sites_used)
+        fits = [combine.combine_mixed(o.messages, d, reml=False)
+                for o, d in zip(outcomes, designs, strict=True)]  # fmt: skip
+        models[harm] = _mixed_fit(fits[0], fits[1], *_counts(outcomes[0]))
     pd.DataFrame.from_records(
-        [{**{k: v for k, v in vars(c).items() if k != "df"}, "harmonization": "none"}
-         for c in model.coefficients]
+        [{**{k: v for k, v in vars(c).items() if k != "df"}, "harmonization": harm}
+         for harm, model in models.items() for c in model.coefficients]
     ).to_parquet(out / "mixed_model.parquet", index=False)  # fmt: skip
-    sections = {"dmn": DmnSection(outcome=OUTCOME, primary="none", models={"none": model}),
+    sections = {"dmn": DmnSection(outcome=OUTCOME, primary=params.harmonize, models=models),
                 "meta": section_meta}  # fmt: skip
     figures = {"forest": {"png": "forest.png", "svg": "forest.svg"}}
-    return sections, figures, outcome
+    return sections, figures, outcomes[0]
+
+
+def _mass(rounds: _Rounds, params: AnalysisParams, harm: str, task: dict) -> tuple:
+    """Per-feature fit table (estimate, se, t, p, d, CI) and the round's outcome."""
+    from consortium.analysis.fitting import mass_table
+
+    outcome = _stats(rounds, params, harm, "mass_stats", [task], rounds.sites)[0]
+    result = combine.combine_mass(outcome.messages, task["design"], reml=False)
+    return mass_table(result, *_counts(outcome)), outcome
+
+
+def _run_networks(rounds: _Rounds, params: AnalysisParams, dx_labels, out: Path) -> tuple:
+    from consortium.analysis.figures import network_matrix_figure
+    from consortium.analysis.kinds.dmn import harmonizations
+    from consortium.analysis.kinds.networks import label_pairs
+    from consortium.analysis.results import NetworksSection
+    from sites.connectivity import network_pairs
+
+    pairs = list(network_pairs(_atlas(params)))
+    task = {"design": _design(params, dx_labels, params.random_slope),
+            "source": {"type": "networks", "atlas": params.atlas, "columns": pairs},
+            "min_per_group": params.min_per_group, "dims": {"feature": len(pairs)}}  # fmt: skip
+    tables = []
+    for harm in harmonizations(params):
+        fit, outcome = _mass(rounds, params, harm, task)
+        tables.append(label_pairs(fit, pairs).assign(harmonization=harm))
+    table = pd.concat(tables, ignore_index=True)
+    table.to_parquet(out / "network_effects.parquet", index=False)
+    primary = table[table["harmonization"] == params.harmonize]
+    title = f"Network effects: d ({params.harmonize})"
+    network_matrix_figure(primary, "d", title, out, "network_matrix")
+    section = NetworksSection(
+        primary=params.harmonize, n_pairs=int(len(primary)),
+        n_fdr=int((primary["q"] < FDR_ALPHA).sum()), effects=table.to_dict(orient="records"),
+    )  # fmt: skip
+    figures = {"network_matrix": {"png": "network_matrix.png", "svg": "network_matrix.svg"}}
+    return {"networks": section}, figures, outcome
 
 
 def _run_edges(rounds: _Rounds, params: AnalysisParams, dx_labels, out: Path) -> tuple:
-    from consortium.analysis.fitting import fdr, mass_table
+    from consortium.analysis.figures import strongest_edges
+    from consortium.analysis.fitting import fdr
     from consortium.analysis.kinds.edges import _edge_matrix, _figures, _label, block_summary
     from consortium.analysis.kinds.edges import _with_d_and_q as with_d_and_q
-    from sites.atlas import AtlasError, load_atlas
 
-    try:
-        atlas = load_atlas(params.atlas)
-    except (AtlasError, FileNotFoundError, ValueError) as exc:
-        raise AnalysisError(f"atlas {params.atlas!r}: {exc}") from exc
-    design = _design(params, dx_labels, params.random_slope)
-    source = {"type": "connectivity", "atlas": params.atlas}
-    task = {"design": design, "source": source, "min_per_group": params.min_per_group,
-            "dims": {"feature": atlas.n_edges}}  # fmt: skip
-    outcome = rounds("mass_stats", task)
-    result = combine.combine_mass(outcome.messages, design, reml=False)
-    n_case, n_control = _counts(outcome)
-    fit = mass_table(result, n_case, n_control)
+    atlas = _atlas(params)
+    task = {"design": _design(params, dx_labels, params.random_slope),
+            "source": {"type": "connectivity", "atlas": params.atlas},
+            "min_per_group": params.min_per_group, "dims": {"feature": atlas.n_edges}}  # fmt: skip
+    fit, outcome = _mass(rounds, params, params.harmonize, task)
     fit["q"] = fdr(fit["p"].to_numpy())
     fit = _label(fit, atlas)
     fit.to_parquet(out / "edge_effects.parquet", index=False)
@@ -206,8 +270,6 @@ def _run_edges(rounds: _Rounds, params: AnalysisParams, dx_labels, out: Path) ->
     blocks = block_summary(fit, atlas)
     blocks.to_parquet(out / "network_blocks.parquet", index=False)
     figures = _figures(blocks, atlas, fit["t"].to_numpy(), out)
-    from consortium.analysis.figures import strongest_edges
-
     section = EdgesSection(
         n_edges=int(len(fit)), n_fdr=int((fit["q"] < FDR_ALPHA).sum()),
         max_abs_t=float(np.abs(fit["t"]).max()),
@@ -217,7 +279,7 @@ def _run_edges(rounds: _Rounds, params: AnalysisParams, dx_labels, out: Path) ->
     return {"edges": section}, figures, outcome
 
 
-def _summary(params, outcome, first, dx_labels, slope: bool) -> tuple[DesignSummary, list]:
+def _summary(params, outcome, outcomes, dx_labels, slope: bool) -> tuple[DesignSummary, list]:
     from consortium.analysis.pipeline import model_formula
 
     n_case, n_control = _counts(outcome)
@@ -228,7 +290,8 @@ def _summary(params, outcome, first, dx_labels, slope: bool) -> tuple[DesignSumm
     ]  # fmt: skip
     summary = DesignSummary(
         n=n_case + n_control, n_case=n_case, n_control=n_control, sites=outcome.sites_used,
-        sites_excluded=_excluded(first), fixed=fixed, covariates=list(params.covariates),
+        sites_excluded=_excluded(outcomes, outcome.sites_used), fixed=fixed,
+        covariates=list(params.covariates),
         covariates_dropped=[], subjects_excluded_missing_covariate={},
         dx_coding={dx_labels["case"]: 1, dx_labels["control"]: -1},
         model=model_formula(fixed, slope),
@@ -273,13 +336,13 @@ def run_federated_analysis(
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     rounds = _Rounds(coord, sites, {"timeout": timeout, "missing": missing})
-    runner = _run_dmn if params.kind == "dmn" else _run_edges
+    runner = {"dmn": _run_dmn, "networks": _run_networks, "edges": _run_edges}[params.kind]
     slope = params.kind == "dmn" or params.random_slope
     with staged_output(out_dir) as tmp:
         if progress is not None:
             progress(f"federated {params.kind}", 0, 1)
         sections, figures, outcome = runner(rounds, params, dx_labels, tmp)
-        summary, sample = _summary(params, outcome, rounds.outcomes[0], dx_labels, slope)
+        summary, sample = _summary(params, outcome, rounds.outcomes, dx_labels, slope)
         result = AnalysisResult(
             kind=params.kind, contrast=params.contrast, groups=dict(dx_labels), design=summary,
             sample=sample, qc=QcSummary(n_excluded=0, n_subjects_total=summary.n,

@@ -72,6 +72,7 @@ def run_federated(
     missing: Missing = "wait",
     actor: str = "coordinator",
     poll_interval: float = 0.5,
+    site_params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> FederatedOutcome:
     """Ask ``sites`` one ``kind`` task and collect their answers.
 
@@ -88,11 +89,13 @@ def run_federated(
     missing : {"wait", "proceed"}
         At the timeout, stop naming the silent sites (``"wait"``) or go on without
         them (``"proceed"``; they are listed in ``FederatedOutcome.missing``).
+    site_params : dict, optional
+        Site id -> parameters added to (overriding) ``params`` for that site's task.
     """
     if missing not in ("wait", "proceed"):
         raise ValueError(f"missing must be 'wait' or 'proceed', got {missing!r}")
     with coord.db.session() as session:
-        run_id = create_run(session, kind, params, list(sites), actor).id
+        run_id = create_run(session, kind, params, list(sites), actor, site_params).id
     deadline = time.monotonic() + timeout
     while True:
         with coord.db.session() as session:

@@ -13,7 +13,7 @@ from consortium.report.figures import location_scale_png
 from consortium.report.kinds import term_words
 from consortium.report.sections import Analysis, Section
 
-__all__ = ["head_sections", "qc_by_site_code", "tail_sections"]
+__all__ = ["federated_note", "head_sections", "qc_by_site_code", "tail_sections"]
 
 
 def qc_by_site_code(by_site_reason: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -37,6 +37,25 @@ def qc_by_site_code(by_site_reason: Sequence[dict[str, Any]]) -> list[dict[str, 
     return sorted(rows, key=lambda r: (r["site"], r["code"]))
 
 
+def federated_note(results: dict[str, Any]) -> str | None:
+    """The line marking a federated run (``provenance.federated``), or None if pooled.
+
+    Names the sites whose statistics were combined and those that refused a round or
+    did not answer in time.
+    """
+    rounds = (results.get("provenance") or {}).get("federated")
+    if not rounds:
+        return None
+    used = set(results.get("design", {}).get("sites") or [])
+    refused = sorted({s for r in rounds for s in r.get("refused", {})} - used)
+    silent = sorted({s for r in rounds for s in r.get("missing", [])} - used - set(refused))
+    return (
+        "Federated run: subject-level data stayed at the sites; combined from per-site "
+        f"statistics of {len(used)} sites (refused: {', '.join(refused) or 'none'}; "
+        f"silent: {', '.join(silent) or 'none'})."
+    )
+
+
 def head_sections(main: Analysis | None, analyses: Sequence[Analysis],
                   predictions: Sequence[Analysis], absent: Sequence[str]) -> list[Section]:
     """Summary, and (from the main analysis) sample and QC."""
@@ -47,6 +66,8 @@ def head_sections(main: Analysis | None, analyses: Sequence[Analysis],
                          "predictions": predictions, "absent": absent,
                          "edges": next((a for a in analyses if a.kind == "edges"), None),
                          "voxels": next((a for a in analyses if a.kind == "voxels"), None),
+                         "federated": [(a.kind, federated_note(a.results)) for a in analyses
+                                       if federated_note(a.results)],
                          "harmonization": labels.harmonization_text}),
     ]  # fmt: skip
     if main is None:

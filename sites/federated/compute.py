@@ -172,7 +172,10 @@ def _combat_spec(params: Mapping[str, Any]) -> Any:
 
 
 def _covariates(table: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame | None:
+    """The encoder's columns; coded with ``params['design']`` when the task gives one."""
     columns = list((params.get("encoder") or {}).get("columns", []))
+    if "design" in params:
+        table = encode_table(table, params["design"])
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise MessageError(f"columns {missing} are not in the site's subject table")
@@ -182,10 +185,19 @@ def _covariates(table: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame 
 def combat_stats(
     task: Mapping[str, Any], site: str, table: pd.DataFrame, Y: np.ndarray, min_cell: int
 ) -> dict[str, Any]:
-    """Distributed ComBat round 1: the site's ``D'D`` and ``D'Y`` (Chen et al. 2022)."""
+    """Distributed ComBat round 1: the site's ``D'D`` and ``D'Y`` (Chen et al. 2022).
+
+    With a ``design`` in the task, a site below the minimum cell size refuses.
+    """
     from harmonization.distributed import site_stats
 
     params = task["params"]
+    if "design" in params:
+        design = _design(params)
+        groups = group_counts(encode_table(table, design), design["dx"])
+        problem = _check_cells(site, groups, _min_per_group(task, min_cell))
+        if problem:
+            return refusal(task, site, problem)
     spec = _combat_spec(params)
     Y = _outcomes(Y, len(table))
     stats = site_stats(spec, site, Y, _covariates(table, params))

@@ -172,7 +172,18 @@ class Agent:
 
         if self._bundle is None:
             self._bundle = read_bundle(self.config.bundle)
-        return resolve(self._bundle, source)
+        return resolve(self._bundle, source, self._harmonized(source.get("harmonized")))
+
+    def _harmonized(self, task_id: Any) -> Any:
+        """The data this site's task ``task_id`` produced (``outputs/``), or None."""
+        import numpy as np
+
+        if task_id is None:
+            return None
+        path = self.config.state_dir / "outputs" / f"{self._answer_path(str(task_id)).stem}.npy"
+        if not path.exists():
+            raise AgentError(f"source.harmonized: task {task_id} produced no data at this site")
+        return np.load(path)
 
     # -- one task
     def answer(self, task: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -17,17 +17,24 @@ from consortium.analysis.params import FDR_ALPHA, AnalysisParams
 from consortium.analysis.progress import Steps
 from consortium.analysis.results import KindResult, NetworksSection
 
-__all__ = ["network_table", "run"]
+__all__ = ["label_pairs", "network_table", "run"]
 
 
 def network_table(summaries: pd.DataFrame, design: Design, random_slope: bool) -> pd.DataFrame:
     """The model of every network-pair column (``a__b``) of ``summaries``, with FDR q."""
     pairs = summaries[[c for c in summaries.columns if "__" in c]]
-    fit = mass_fit(pairs.to_numpy(), design, random_slope)
-    names = pd.Series(pairs.columns).str.split("__", n=1, expand=True)
+    return label_pairs(mass_fit(pairs.to_numpy(), design, random_slope), list(pairs.columns))
+
+
+def label_pairs(fit: pd.DataFrame, pairs: list[str]) -> pd.DataFrame:
+    """``fit`` (one row per pair) with ``pair``, ``net_a``, ``net_b`` and BH-FDR ``q``.
+
+    Shared with the federated networks analysis.
+    """
+    names = pd.Series(pairs).str.split("__", n=1, expand=True)
     fit.insert(0, "net_b", names[1].to_numpy())
     fit.insert(0, "net_a", names[0].to_numpy())
-    fit.insert(0, "pair", list(pairs.columns))
+    fit.insert(0, "pair", list(pairs))
     fit["q"] = fdr(fit["p"].to_numpy())
     return fit
 

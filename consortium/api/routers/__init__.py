@@ -11,6 +11,7 @@ from consortium.api.routers import (
     audit,
     health,
     members,
+    proposal_grants,
     proposals,
     register,
     releases,
@@ -30,6 +31,7 @@ ROUTERS: list[APIRouter] = [
     analyses.router,
     members.router,
     proposals.router,
+    proposal_grants.router,
     register.router,
     tasks.router,
 ]

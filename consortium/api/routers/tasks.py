@@ -9,13 +9,14 @@ audit chain (polling for tasks is not, so an agent's polling does not flood it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
+from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from consortium.api.deps import get_coordinator, require_roles
-from consortium.api.schemas import ERROR_RESPONSES
+from consortium.api.schemas import ERROR_RESPONSES, IdPath
 from consortium.auth import Identity
 from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
@@ -33,6 +34,47 @@ class RunCreate(BaseModel):
     sites: list[str] = Field(min_length=1, description="site ids asked")
 
 
+TaskId = Annotated[
+    str, PathParam(pattern=r"^[0-9a-f-]{1,36}$", description="task id (as listed by GET /tasks)")
+]
+
+
+class TaskOut(BaseModel):
+    """A task as its site and the committee see it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    id: str
+    run_id: int
+    site: str
+    kind: str
+    schema_: str = Field(alias="schema", serialization_alias="schema")
+    params: dict[str, Any]
+    status: str
+    reason: str | None = None
+    created_at: str
+    answered_at: str | None = None
+    message: dict[str, Any] | None = Field(None, description="the stored message (runs only)")
+
+
+class DeliveryOut(BaseModel):
+    """The task after a delivery; ``created`` is false for a retried identical message."""
+
+    task: TaskOut
+    created: bool
+
+
+class RunOut(BaseModel):
+    """A federated run with each site's task."""
+
+    id: int
+    kind: str
+    params: dict[str, Any]
+    created_at: str
+    created_by: str
+    counts: dict[str, int]
+    tasks: list[TaskOut]
+
+
 class MessageIn(BaseModel):
     """A site's message: the header is checked here, the rest by the message contract."""
 
@@ -44,7 +86,12 @@ class MessageIn(BaseModel):
     status: str
 
 
-@router.get("/tasks", summary="This site's pending federated tasks (site)")
+@router.get(
+    "/tasks",
+    response_model=list[TaskOut],
+    response_model_by_alias=True,
+    summary="This site's pending federated tasks (site)",
+)
 def list_pending(
     identity: Identity = Depends(require_roles("site")),
     coord: Coordinator = Depends(get_coordinator),
@@ -53,9 +100,14 @@ def list_pending(
         return [service.task_view(t) for t in service.pending_tasks(session, identity.site_id)]
 
 
-@router.post("/tasks/{task_id}/result", summary="Answer a federated task (site)")
+@router.post(
+    "/tasks/{task_id}/result",
+    response_model=DeliveryOut,
+    response_model_by_alias=True,
+    summary="Answer a federated task (site)",
+)
 def post_result(
-    task_id: str,
+    task_id: TaskId,
     message: MessageIn = Body(..., description="the signed message"),
     identity: Identity = Depends(require_roles("site")),
     coord: Coordinator = Depends(get_coordinator),
@@ -70,7 +122,13 @@ def post_result(
     return out
 
 
-@router.post("/runs", status_code=201, summary="Start a federated run (admin, steering)")
+@router.post(
+    "/runs",
+    status_code=201,
+    response_model=RunOut,
+    response_model_by_alias=True,
+    summary="Start a federated run (admin, steering)",
+)
 def create_run(
     body: RunCreate,
     identity: Identity = Depends(require_roles("admin", "steering")),
@@ -82,9 +140,14 @@ def create_run(
         return service.run_status(session, run.id)
 
 
-@router.get("/runs/{run_id}", summary="A federated run and each site's answer (admin, steering)")
+@router.get(
+    "/runs/{run_id}",
+    response_model=RunOut,
+    response_model_by_alias=True,
+    summary="A federated run and each site's answer (admin, steering)",
+)
 def get_run(
-    run_id: int,
+    run_id: IdPath,
     identity: Identity = Depends(require_roles("admin", "steering")),
     coord: Coordinator = Depends(get_coordinator),
 ) -> dict[str, Any]:

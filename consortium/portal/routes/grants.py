@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from consortium.api.deps import get_coordinator
-from consortium.api.routers import proposals as api
+from consortium.api.routers import proposal_grants as api
 from consortium.api.schemas import IdPath
 from consortium.auth import Identity
 from consortium.coordinator import Coordinator

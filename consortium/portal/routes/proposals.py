@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from consortium import audit
 from consortium.api.deps import get_coordinator
+from consortium.api.routers import proposal_grants
 from consortium.api.routers import proposals as api
 from consortium.auth import Identity
 from consortium.coordinator import Coordinator
@@ -113,7 +114,7 @@ def _extras(coord: Coordinator, identity: Identity, code: str) -> dict:
                 .order_by(ExportRecord.created_at.desc())).scalars().all()
         has_grant = proposal.status in ("approved", "active", "closed", "expired")
     if has_grant and (identity.role in ("admin", "steering") or out["own"]):
-        out["grant"] = api.get_grant(code=code, identity=identity, coord=coord)
+        out["grant"] = proposal_grants.get_grant(code=code, identity=identity, coord=coord)
     return out
 
 
