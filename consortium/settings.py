@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from consortium.db.session import default_sqlite_url
 from consortium.errors import ConfedError
+from consortium.settings_file import read_settings_file, write_settings_file
 
 SETTINGS_FILE = "coordinator.json"
 CHECKPOINT_FILE = "audit-checkpoints.jsonl"
@@ -82,14 +81,7 @@ class Settings:
                 "not_initialised",
                 f"{path} not found: run `confed coord init --root {root}` first",
             )
-        try:
-            stored = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfedError("bad_settings", f"{path} is not valid JSON: {exc}") from exc
-        known = {f.name for f in fields(cls)} - {"root"}
-        unknown = set(stored) - known
-        if unknown:
-            raise ConfedError("bad_settings", f"{path}: unknown keys {sorted(unknown)}")
+        stored = read_settings_file(path, {f.name for f in fields(cls)} - {"root"})
         settings = cls(root=root, **stored)
         if db_url:
             settings.db_url = db_url
@@ -98,9 +90,5 @@ class Settings:
     def save(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         data = {k: v for k, v in asdict(self).items() if k != "root"}
-        path = self.root / SETTINGS_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.chmod(tmp, 0o600)  # may hold a database password
-        os.replace(tmp, path)
-        return path
+        # may hold a database password
+        return write_settings_file(self.root / SETTINGS_FILE, data, mode=0o600)

@@ -171,23 +171,20 @@ def _combat_gam(
     )  # fmt: skip
 
 
-def _combat_ref(
-    *,
-    ref_site: Any,
-    eb: bool = True,
-    parametric: bool = True,
-    mean_only: bool = False,
-    new_sites: str = "estimate",
-    engine: str = "numpy",
-    chunk: int | None = None,
-    client: Any = None,
-) -> Any:
-    from .combat import ComBat
+def _combat_ref(*, ref_site: Any, **options: Any) -> Any:
+    return _combat(**options).set_params(ref_site=ref_site)
 
-    return ComBat(
-        eb=eb, parametric=parametric, mean_only=mean_only, ref_site=ref_site,
-        new_sites=new_sites, engine=engine, chunk=chunk, client=client,
-    )  # fmt: skip
+
+def _requiring(name: str, factory: Callable[..., Any]) -> inspect.Signature:
+    """Signature of ``factory`` with the required keyword ``name`` in front, all keyword-only."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [p.replace(kind=keyword) for p in inspect.signature(factory).parameters.values()]
+    return inspect.Signature([inspect.Parameter(name, keyword, annotation="Any"), *params])
+
+
+# combat-ref takes the options of combat plus the required ``ref_site`` (checked by
+# ``_check_options`` through this signature).
+_combat_ref.__signature__ = _requiring("ref_site", _combat)  # type: ignore[attr-defined]
 
 
 register_harmonizer("none", _none, description="no harmonization")

@@ -86,29 +86,35 @@ def network_matrix_figure(
 def dmn_rois_figure(atlas: Any, out: Path) -> bool:
     if atlas.coords is None or atlas.dmn is None:
         return False
+    coords = atlas.coords[atlas.dmn]
+    _glass_brain(
+        out, "dmn_rois", np.zeros((len(coords), len(coords))), coords,
+        title=f"REST-meta-MDD DMN: {len(coords)} ROIs", node_color="#c0392b", node_size=25,
+    )  # fmt: skip
+    return True
+
+
+def _glass_brain(out: Path, stem: str, adjacency: np.ndarray, coords: Any, **style: Any) -> None:
+    """Save ``stem.png``: nilearn's left/right/top connectome view of ``adjacency``."""
     import matplotlib.pyplot as plt
     from nilearn import plotting
 
-    coords = atlas.coords[atlas.dmn]
     fig = plt.figure(figsize=(9, 3))
     plotting.plot_connectome(
-        np.zeros((len(coords), len(coords))),
-        coords,
-        node_color="#c0392b",
-        node_size=25,
-        display_mode="lzr",
-        colorbar=False,
-        figure=fig,
-        title=f"REST-meta-MDD DMN: {len(coords)} ROIs",
+        adjacency, coords, display_mode="lzr", colorbar=False, figure=fig, **style
     )
-    save_figure(fig, out, "dmn_rois", svg=False)
-    return True
+    save_figure(fig, out, stem, svg=False)
+
+
+def _strongest(atlas: Any, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Upper-triangle rows and columns of the atlas, and the strongest edges by |t|."""
+    rows, cols = np.triu_indices(atlas.n_rois, k=1)
+    return rows, cols, np.argsort(-np.abs(t), kind="stable")[:N_STRONGEST_EDGES]
 
 
 def strongest_edges(atlas: Any, t: np.ndarray) -> list[dict[str, Any]]:
     """The strongest edges by |t| (stable order: ties resolve identically on every run)."""
-    rows, cols = np.triu_indices(atlas.n_rois, k=1)
-    order = np.argsort(-np.abs(t), kind="stable")[:N_STRONGEST_EDGES]
+    rows, cols, order = _strongest(atlas, t)
     return [
         {
             "edge": int(e),
@@ -128,32 +134,19 @@ def strongest_edges_figure(atlas: Any, t: np.ndarray, out: Path) -> bool:
     """Glass-brain view of the strongest edges by |t| (False: the atlas has no coordinates)."""
     if atlas.coords is None:
         return False
-    import matplotlib.pyplot as plt
-    from nilearn import plotting
-
-    rows, cols = np.triu_indices(atlas.n_rois, k=1)
-    order = np.argsort(-np.abs(t), kind="stable")[:N_STRONGEST_EDGES]
+    rows, cols, order = _strongest(atlas, t)
     nodes = sorted(set(rows[order]) | set(cols[order]))
     local = {n: i for i, n in enumerate(nodes)}
     adjacency = np.zeros((len(nodes), len(nodes)))
     for e in order:
         a, b = local[rows[e]], local[cols[e]]
         adjacency[a, b] = adjacency[b, a] = t[e]
-    fig = plt.figure(figsize=(9, 3))
     limit = float(np.abs(adjacency).max()) or 1.0
-    plotting.plot_connectome(
-        adjacency,
-        atlas.coords[nodes],
-        edge_cmap="RdBu_r",
-        edge_vmin=-limit,
-        edge_vmax=limit,
-        node_size=12,
-        display_mode="lzr",
-        colorbar=False,
-        figure=fig,
-        title=f"{len(order)} strongest edges (t)",
-    )
-    save_figure(fig, out, "strongest_edges", svg=False)
+    _glass_brain(
+        out, "strongest_edges", adjacency, atlas.coords[nodes],
+        title=f"{len(order)} strongest edges (t)", edge_cmap="RdBu_r", edge_vmin=-limit,
+        edge_vmax=limit, node_size=12,
+    )  # fmt: skip
     return True
 
 

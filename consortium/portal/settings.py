@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
-from consortium.errors import ConfedError
+from consortium.settings_file import OptionalSettingsFile
 
 PORTAL_SETTINGS_FILE = "portal.json"
 
 
 @dataclass
-class PortalSettings:
+class PortalSettings(OptionalSettingsFile):
     """Sessions, sign-in links and optional e-mail of the portal.
 
     Parameters
@@ -39,22 +38,4 @@ class PortalSettings:
     smtp_from: str = "confed@localhost"
     page_size: int = 50
 
-    @classmethod
-    def load(cls, root: Path | str) -> PortalSettings:
-        """Read ``root/portal.json``; defaults when it does not exist."""
-        path = Path(root) / PORTAL_SETTINGS_FILE
-        if not path.is_file():
-            return cls()
-        try:
-            stored = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfedError("bad_settings", f"{path} is not valid JSON: {exc}") from exc
-        unknown = set(stored) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfedError("bad_settings", f"{path}: unknown keys {sorted(unknown)}")
-        return cls(**stored)
-
-    def save(self, root: Path | str) -> Path:
-        path = Path(root) / PORTAL_SETTINGS_FILE
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return path
+    FILE: ClassVar[str] = PORTAL_SETTINGS_FILE

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 import pandas as pd
 
 from consortium.errors import ConfedError
+from sites.disclosure import CellSizeError, cell_counts
 
 
 class DisclosureRefused(ConfedError):
@@ -47,24 +48,15 @@ class DisclosureRefused(ConfedError):
 
 
 def check_cells(frame: pd.DataFrame, columns: Iterable[str], minimum: int) -> dict:
-    """Counts per level of each column; refuse if any is below ``minimum``."""
-    counts = {}
-    for column in columns:
-        levels = frame[column].value_counts().sort_index()
-        small = levels[levels < minimum]
-        if len(small):
-            level, n = small.index[0], int(small.iloc[0])
-            raise DisclosureRefused(
-                "min_cell_size",
-                f"group {column}={level} has {n} subjects, fewer than the minimum cell "
-                f"size {minimum}",
-            )
-        counts[column] = {str(k): int(v) for k, v in levels.items()}
-    if len(frame) < minimum:
-        raise DisclosureRefused(
-            "min_cell_size", f"{len(frame)} subjects, fewer than the minimum {minimum}"
-        )
-    return counts
+    """Counts per level of each column; refuse if any is below ``minimum``.
+
+    The rule itself is :func:`sites.disclosure.cell_counts` (shared with the site
+    agents, which apply it before computing a federated remote analysis).
+    """
+    try:
+        return cell_counts(frame, columns, minimum)
+    except CellSizeError as exc:
+        raise DisclosureRefused(exc.rule, str(exc)) from None
 
 
 def check_history(

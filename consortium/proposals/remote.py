@@ -159,7 +159,11 @@ def _mixed(frame, req, dx_labels) -> dict[str, Any]:
     model, fixed = _design(frame, req["covariates"], dx_labels["case"])
     if model["site"].nunique() < 2:
         raise ConfedError("too_few_sites", "a mixed model across sites needs two sites", 422)
-    res = mixed_model(model, "y", fixed, "site")
+    return mixed_fields(mixed_model(model, "y", fixed, "site"), req["outcome"], fixed)
+
+
+def mixed_fields(res: Any, outcome: str, fixed: list[str]) -> dict[str, Any]:
+    """The result fields of a fitted mixed model (pooled or federated)."""
     table = res.summary()
     return {
         "coefficients": [
@@ -172,7 +176,7 @@ def _mixed(frame, req, dx_labels) -> dict[str, Any]:
         "variance_components": {k: float(v) for k, v in res.variance_components.items()},
         "residual_variance": float(res.scale),
         "converged": bool(res.converged),
-        "formula": f"{req['outcome']} ~ 1 + {' + '.join(fixed)} + (1 | site)",
+        "formula": f"{outcome} ~ 1 + {' + '.join(fixed)} + (1 | site)",
     }
 
 
@@ -190,28 +194,50 @@ def _meta(frame, req, dx_labels) -> dict[str, Any]:
     """
     model, fixed = _design(frame, req["covariates"], dx_labels["case"])
     table = site_effects(model, "y", "case", "site", fixed[1:], min_per_group=2)
+    return meta_fields(table, req["outcome"], fixed)
+
+
+def meta_fields(table: pd.DataFrame, outcome: str, fixed: list[str]) -> dict[str, Any]:
+    """The result fields of a site table (as ``site_effects``; pooled or federated)."""
     used = table[table["included"].astype(bool)]
     if len(used) < 2:
         raise ConfedError("too_few_sites", "a meta-analysis needs two sites", 422)
     res = random_effects(used["yi"].to_numpy(), used["vi"].to_numpy())
     pooled = pooled_effect(res)
+    dropped = used.get("covariates_dropped", pd.Series("", index=used.index)).fillna("")
     per_site = {
         str(row.site): {
             "g": float(row.yi),
             "vi": float(row.vi),
-            "covariates_dropped": row.covariates_dropped.split(", ")
-            if row.covariates_dropped
-            else [],
+            "covariates_dropped": d.split(", ") if d else [],
         }
-        for row in used.itertuples(index=False)
+        for row, d in zip(used.itertuples(index=False), dropped, strict=True)
     }
     excluded = {str(r.site): r.reason for r in table[~table["included"].astype(bool)].itertuples()}
     return {
         "pooled": pooled,
         "sites": per_site,
         "sites_excluded": excluded,
-        "model": f"{req['outcome']} ~ 1 + {' + '.join(fixed)}, OLS per site",
+        "model": f"{outcome} ~ 1 + {' + '.join(fixed)}, OLS per site",
     }
+
+
+def checked_subset(
+    req: dict, data: ScopedData, dx_labels: dict, columns: list[str], minimum: int, strata: dict
+) -> tuple[pd.DataFrame, list[str], dict, dict]:
+    """The analysed rows, categorical columns, strata report and cell counts, once the
+    per-result disclosure rules (strata, ``min_cell_size``) allow them."""
+    frame, categorical, report = analysed_subset(req, data, dx_labels, columns, strata, minimum)
+    if frame.empty:
+        raise DisclosureRefused(
+            "min_cell_size",
+            "no whole strata cell with at least the minimum cell size "
+            f"{minimum} is selected (suppressed: {', '.join(report['suppressed']) or 'none'})",
+        )
+    cells = check_cells(frame, categorical, minimum)
+    if req["analysis"] == "meta_analysis":
+        check_cells(frame.assign(_cell=frame["site"] + "/" + frame["dx"]), ["_cell"], minimum)
+    return frame, categorical, report, cells
 
 
 def run_query(
@@ -228,16 +254,7 @@ def run_query(
     ``_row``: position in ``data``), for the caller's history check
     (:func:`consortium.proposals.history.check_and_hold`) before release.
     """
-    frame, categorical, report = analysed_subset(req, data, dx_labels, columns, strata, minimum)
-    if frame.empty:
-        raise DisclosureRefused(
-            "min_cell_size",
-            "no whole strata cell with at least the minimum cell size "
-            f"{minimum} is selected (suppressed: {', '.join(report['suppressed']) or 'none'})",
-        )
-    cells = check_cells(frame, categorical, minimum)
-    if req["analysis"] == "meta_analysis":
-        check_cells(frame.assign(_cell=frame["site"] + "/" + frame["dx"]), ["_cell"], minimum)
+    frame, _, report, cells = checked_subset(req, data, dx_labels, columns, minimum, strata)
     frame = harmonize_outcome(frame, req, data, dx_labels)
     mixed = req["analysis"] == "mixed_model"
     fit = _mixed if mixed else _meta
@@ -254,4 +271,6 @@ def run_query(
     return result_to_dict(result), frame[["subject", "site", "dx", "_row"]]
 
 
-__all__ = ["ANALYSES", "DisclosureRefused", "run_query"]
+__all__ = [
+    "ANALYSES", "DisclosureRefused", "checked_subset", "meta_fields", "mixed_fields", "run_query",
+]  # fmt: skip

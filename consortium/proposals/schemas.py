@@ -216,6 +216,14 @@ class AnalysisRequest(BaseModel):
     outcome: str = Field(min_length=1, max_length=128)
     covariates: list[str] = Field(default_factory=list, max_length=10)
     filters: list[QueryFilter] = Field(default_factory=list, max_length=10)
+    mode: Literal["pooled", "federated"] = Field(
+        "pooled",
+        description=(
+            "pooled: computed on the grant's release at the coordinator; federated: each "
+            "site's agent applies the filters and the minimum cell size to its own subjects "
+            "and sends only its cross-products or OLS summary"
+        ),
+    )
     harmonize: str = Field(
         "none",
         max_length=64,

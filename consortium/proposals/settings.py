@@ -6,11 +6,11 @@ coordinator's own ``coordinator.json``.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from consortium.errors import ConfedError
+from consortium.settings_file import OptionalSettingsFile
 
 PROPOSAL_SETTINGS_FILE = "proposals.json"
 
@@ -29,7 +29,7 @@ DUA_TEXT = """confed data-use agreement, version 1.0
 
 
 @dataclass
-class ProposalSettings:
+class ProposalSettings(OptionalSettingsFile):
     """Rules the coordinator enforces for proposals.
 
     Parameters
@@ -60,6 +60,8 @@ class ProposalSettings:
     min_cell_size: int = 10
     age_bands: list[float] = field(default_factory=lambda: [0, 12, 18, 30, 45, 65, 120])
 
+    FILE: ClassVar[str] = PROPOSAL_SETTINGS_FILE
+
     def __post_init__(self) -> None:
         if self.quorum < 1:
             raise ConfedError("bad_settings", f"quorum must be >= 1, got {self.quorum}")
@@ -72,24 +74,3 @@ class ProposalSettings:
         bands = self.age_bands
         if len(bands) < 2 or any(b <= a for a, b in zip(bands, bands[1:], strict=False)):
             raise ConfedError("bad_settings", f"age_bands must increase, got {bands}")
-
-    @classmethod
-    def load(cls, root: Path | str) -> ProposalSettings:
-        path = Path(root) / PROPOSAL_SETTINGS_FILE
-        if not path.is_file():
-            return cls()
-        try:
-            stored = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfedError("bad_settings", f"{path} is not valid JSON: {exc}") from exc
-        unknown = set(stored) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfedError("bad_settings", f"{path}: unknown keys {sorted(unknown)}")
-        return cls(**stored)
-
-    def save(self, root: Path | str) -> Path:
-        path = Path(root) / PROPOSAL_SETTINGS_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
-        return path

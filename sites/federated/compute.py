@@ -25,6 +25,7 @@ import pandas as pd
 
 from sites.federated.crossprod import group_cross_products
 from sites.federated.messages import MessageError, make_message, refusal
+from sites.federated.query import apply_query
 from sites.federated.siteols import one_site_summary
 
 __all__ = [
@@ -110,10 +111,23 @@ def _min_per_group(task: Mapping[str, Any], min_cell: int) -> int:
     return max(min_cell, int(task["params"].get("min_per_group", 0)))
 
 
+def _researcher_query(
+    task: Mapping[str, Any], site: str, table: pd.DataFrame, Y: np.ndarray, min_cell: int
+) -> tuple[pd.DataFrame, np.ndarray] | str:
+    """A researcher's request (``params.query``) cut and checked here first, if any."""
+    if "query" not in task["params"]:
+        return table, Y
+    return apply_query(task["params"], site, table, Y, min_cell)
+
+
 def mixed_stats(
     task: Mapping[str, Any], site: str, table: pd.DataFrame, Y: np.ndarray, min_cell: int
 ) -> dict[str, Any]:
     """The site's mixed-model cross-products (one or a few outcomes, or every feature)."""
+    cut = _researcher_query(task, site, table, Y, min_cell)
+    if isinstance(cut, str):
+        return refusal(task, site, cut)
+    table, Y = cut
     design = _design(task["params"])
     enc = encode_table(table, design)
     groups = group_counts(enc, design["dx"])
@@ -140,6 +154,10 @@ def meta_summary(
     task: Mapping[str, Any], site: str, table: pd.DataFrame, Y: np.ndarray, min_cell: int
 ) -> dict[str, Any]:
     """The site's OLS summary of diagnosis on one outcome (t, df, Hedges' g and variance)."""
+    cut = _researcher_query(task, site, table, Y, min_cell)
+    if isinstance(cut, str):
+        return refusal(task, site, cut)
+    table, Y = cut
     design = _design(task["params"])
     enc = encode_table(table, design)
     dx = design["dx"]

@@ -224,10 +224,7 @@ def abide_config_text(
 site_id = "{site_id}"
 base_dir = "{site_dir}"
 
-[keys]
-private_key = "{keys.private_key_path}"
-public_key = "{keys.public_key_path}"
-secret = "{keys.secret_path}"
+{keys.keys_toml}
 
 [phenotypes]
 path = "participants.csv"

@@ -30,6 +30,14 @@ class SiteFiles:
     public_key_path: Path
     secret_path: Path
 
+    @property
+    def keys_toml(self) -> str:
+        """The ``[keys]`` table of a ``site.toml`` naming these files (no final newline)."""
+        return (
+            f'[keys]\nprivate_key = "{self.private_key_path}"\n'
+            f'public_key = "{self.public_key_path}"\nsecret = "{self.secret_path}"'
+        )
+
 
 def make_keys(folder: Path, site_id: str) -> tuple[Path, Path]:
     """Write an Ed25519 key pair ``<site_id>.pem`` / ``<site_id>.pub.pem`` into ``folder``.

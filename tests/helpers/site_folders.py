@@ -36,10 +36,7 @@ def config_text(
 ) -> str:
     return f"""
 site_id = "{keys.site_id}"
-[keys]
-private_key = "{keys.private_key_path}"
-public_key = "{keys.public_key_path}"
-secret = "{keys.secret_path}"
+{keys.keys_toml}
 [phenotypes]
 path = "{table}"
 dx_case = "MDD"

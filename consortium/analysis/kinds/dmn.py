@@ -15,6 +15,7 @@ Meta-Analysis. Wiley.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -109,14 +110,11 @@ def meta_from_sites(per_site: pd.DataFrame, covariates: list[str], out: Path) ->
         table.to_parquet(out / "leave_one_site_out.parquet", index=False)
         loso = rename_vocabulary(table.to_dict(orient="records"))
     forest_figure(used, pooled, out)
-    p = pooled_effect(pooled)
     return MetaAnalysis(
-        method=p.method, outcome_harmonization="none",
+        **{**asdict(pooled_effect(pooled)), "k": len(used)}, outcome_harmonization="none",
         outcome_harmonization_reason=META_HARMONIZATION_NOTE,
-        covariates=covariates, notes=_dropped_notes(per_site), k=len(used),
-        estimate=p.estimate, se=p.se, ci=p.ci, p=p.p, tau2=p.tau2, tau2_ci=p.tau2_ci,
-        q=p.q, q_p=p.q_p, i2=p.i2, h2=p.h2, sites=per_site.to_dict(orient="records"),
-        leave_one_site_out=loso,
+        covariates=covariates, notes=_dropped_notes(per_site),
+        sites=per_site.to_dict(orient="records"), leave_one_site_out=loso,
     )  # fmt: skip
 
 

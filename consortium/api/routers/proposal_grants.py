@@ -33,6 +33,7 @@ from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
 from consortium.proposals import history, lifecycle
 from consortium.proposals.export import export_sites, pack, write_export
+from consortium.proposals.federated import run_federated_query
 from consortium.proposals.grants import (
     effective_sites,
     effective_strata,
@@ -364,7 +365,14 @@ def _run_analysis(
     data = load_scoped(coord.settings.root, coord.settings.db_url, view)
     minimum = settings.min_cell_size
     try:
-        result, frame = run_query(request, data, data.dx_labels, view.columns, minimum, view.strata)
+        if body.mode == "federated":
+            result, frame = run_federated_query(
+                coord, request, data, view.columns, minimum, view.strata
+            )
+        else:
+            result, frame = run_query(
+                request, data, data.dx_labels, view.columns, minimum, view.strata
+            )
         outcome = (result, frame, data.subject_keys)
         return _release(coord, view, identity, proposal_id, request, outcome, minimum)
     except ConfedError as err:

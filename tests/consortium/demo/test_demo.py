@@ -6,9 +6,6 @@ import gzip
 import hashlib
 import hmac
 import json
-import os
-import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +18,13 @@ from consortium.demo import DemoError, RealDataOptions, format_summary, run_demo
 from consortium.releases import open_release
 from sites.atlas import load_atlas
 from sites.bundle import read_bundle
+from tests.helpers.browser import (
+    chromium_path,
+    dump_dom,
+    headless_command,
+    publish_screenshot,
+    take_screenshot,
+)
 
 SECTIONS = ("summary", "sample", "qc-exclusions", "mixed-model", "forest-plot",
             "network-matrix", "glass-brain", "voxel-map", "provenance")
@@ -122,17 +126,9 @@ def test_real_data_variant_on_two_abide_sites(abide_dir: Path, tmp_path: Path) -
     assert 'id="summary"' in result.report.read_text()
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(small_demo, tmp_path: Path) -> None:
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("CONFED_TEST_BROWSER") == "1":
-            pytest.fail("CONFED_TEST_BROWSER=1 but no chromium on PATH")
-        pytest.skip("chromium not installed (set CONFED_TEST_BROWSER=1 to require it)")
+    browser = chromium_path()
     # A copy of the report with a probe that records, in the DOM, whether each
     # section is laid out and visible once the page has rendered.
     probe = ("<script>window.addEventListener('load', () => { for (const id of "
@@ -144,24 +140,11 @@ def test_report_renders_in_headless_chromium(small_demo, tmp_path: Path) -> None
     page = tmp_path / "report.html"
     page.write_text(small_demo.report.read_text().replace("</body>", probe + "</body>"))
     screenshot = tmp_path / "report.png"
-    base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*base, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
+    base = headless_command(browser, tmp_path / "profile")
+    dom = dump_dom(base, page.as_uri())
     for section in SECTIONS:
-        assert f'id="{section}"' in dom.stdout
-        assert f'data-visible-{section}="yes"' in dom.stdout, section
-    shot = subprocess.run([*base, f"--screenshot={screenshot}", "--window-size=1280,2400",
-                           "--hide-scrollbars", page.as_uri()],
-                          capture_output=True, text=True, timeout=120)
-    assert shot.returncode == 0 and screenshot.is_file(), shot.stderr[-2000:]
-    png = screenshot.read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", png[16:24])
-    assert (width, height) == (1280, 2400) and len(png) > 50_000  # not a blank page
-    target = os.environ.get("CONFED_SCREENSHOT_DIR")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        shutil.copy(screenshot, Path(target) / "report.png")
+        assert f'id="{section}"' in dom
+        assert f'data-visible-{section}="yes"' in dom, section
+    size = take_screenshot(base, page.as_uri(), screenshot)
+    assert size == (1280, 2400) and screenshot.stat().st_size > 50_000  # not a blank page
+    publish_screenshot(screenshot, "report.png")

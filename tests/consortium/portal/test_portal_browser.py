@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
-import shutil
 import threading
 from pathlib import Path
 
 import pytest
 
 from tests.consortium.test_authorization_matrix import REQUEST, World
+from tests.helpers.browser import playwright_chromium, publish_screenshot
 
 XSS = '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'">'
 ROLE_PAGES = {"admin": "/", "steering": "/proposals", "researcher": "/", "site": "/sites/S01"}
 TOKENS = {"admin": "admin", "steering": "steering", "researcher": "r_grant", "site": "site"}
-
-
-def _chromium() -> str:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        if os.environ.get("CONFED_TEST_BROWSER") == "1":
-            pytest.fail("CONFED_TEST_BROWSER=1 but no chromium on PATH")
-        pytest.skip("chromium not installed (set CONFED_TEST_BROWSER=1 to require it)")
-    return browser
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +32,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield b
-        b.close()
+    yield from playwright_chromium()
 
 
 def signed_in(browser, world: World, role: str):
@@ -106,7 +91,6 @@ def test_cross_site_form_post_is_refused(world, browser, tmp_path: Path):
 
 @pytest.mark.browser
 def test_each_role_main_page(world, browser, tmp_path: Path):
-    target = os.environ.get("CONFED_SCREENSHOT_DIR")
     world.active_proposal("r_grant")  # something on every page
     r = world.call("r_grant", "POST", "/api/v1/proposals", {**REQUEST, "title": "Age and DMN"})
     assert r.status_code == 201, r.text
@@ -121,6 +105,4 @@ def test_each_role_main_page(world, browser, tmp_path: Path):
         page.keyboard.press("Tab")  # keyboard: the skip link comes first
         assert page.evaluate("document.activeElement.textContent") == "Skip to content"
         assert shot.stat().st_size > 10_000
-        if target:
-            Path(target).mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, Path(target) / f"portal-{role}.png")
+        publish_screenshot(shot, f"portal-{role}.png")

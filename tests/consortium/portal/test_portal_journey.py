@@ -19,7 +19,7 @@ import tarfile
 import pytest
 
 from sites.bundle import export_bundle
-from tests.consortium.portal.test_portal_browser import _chromium
+from tests.helpers.browser import playwright_chromium
 from tests.helpers.bundles import make_bundles
 from tests.helpers.server import Server
 
@@ -45,12 +45,7 @@ def consortium(tmp_path):
 
 @pytest.fixture
 def chromium():
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield b
-        b.close()
+    yield from playwright_chromium()
 
 
 def _page(chromium):

@@ -55,10 +55,11 @@ def _member(c, name: str, institution: str, role: str) -> str:
 def world(tmp_path_factory):
     """A running coordinator with release r1 of four sites, a researcher and two chairs."""
     tmp = tmp_path_factory.mktemp("meta-exports")
-    bundles, site_tokens = {}, {}
+    bundles, site_tokens, keys = {}, {}, {}
     with serving(tmp / "coord", None) as server:
         for i, site in enumerate(SITES):
             private, public = make_keys(tmp / "keys", site)
+            keys[site] = private
             edit = _unbalance_s02 if site == "S02" else None
             bundles[site] = synthetic_bundle(
                 tmp / "b" / site, site, private, seed=i, edit=edit, map_voxels=N_VOXELS
@@ -76,6 +77,8 @@ def world(tmp_path_factory):
             "site_tokens": site_tokens,
             "researcher": researcher,
             "chairs": chairs,
+            "tmp": tmp,
+            "keys": keys,  # private keys (federated site agents)
         }
 
 
