@@ -12,16 +12,26 @@ with ``fdr_alpha``) in the provenance of ``results.json``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from consortium.analysis.contrasts import CONTRAST_NAMES
 from consortium.analysis.encodings import DEFAULT_COVARIATES
 
-__all__ = ["FDR_ALPHA", "AnalysisParams", "format_validation_error"]
+__all__ = ["FDR_ALPHA", "TAIL_MIN_PERMUTATIONS", "AnalysisParams", "format_validation_error"]
 
 FDR_ALPHA = 0.05
+# the tail fit uses the null maxima above their 0.9 quantile; it needs at least 10
+TAIL_MIN_PERMUTATIONS = 100
 
 
 class AnalysisParams(BaseModel):
@@ -38,8 +48,26 @@ class AnalysisParams(BaseModel):
         description="canonical phenotype columns adjusted for",
     )
     min_per_group: int = Field(10, ge=1, description="sites with fewer in a group are excluded")
-    permutations: int = Field(0, ge=0, le=100_000, description="max-t permutations (edges)")
+    permutations: int = Field(
+        0, ge=0, le=100_000,
+        description="Freedman-Lane permutations within sites (edges: max-|t|, network "
+        "blocks, NBS; voxels: TFCE)",
+    )  # fmt: skip
     seed: int = Field(0, description="seed of the permutations")
+    nbs_threshold: float | None = Field(
+        None, description="NBS primary threshold on |t| (edges; needs permutations)"
+    )
+    tfce: bool = Field(False, description="TFCE-corrected maps (voxels; needs permutations)")
+    tail_approximation: bool = Field(
+        False,
+        description="generalized Pareto tail approximation of the FWE p (needs at least "
+        f"{TAIL_MIN_PERMUTATIONS} permutations)",
+    )
+    scheduler: str | None = Field(
+        None,
+        description="dask.distributed scheduler address for the permutations (default: "
+        "dask's local scheduler); not recorded, results do not depend on it",
+    )
     metric: str | None = Field(None, description="voxel map (voxels only)")
     random_slope: bool = Field(True, description="site random slope of diagnosis (mass models)")
     chunk_voxels: int = Field(5000, ge=1, description="voxels per streamed chunk (voxels)")
@@ -89,9 +117,47 @@ class AnalysisParams(BaseModel):
 
         return [check_name(name, "covariate name") for name in value]
 
+    @field_validator("nbs_threshold")
+    @classmethod
+    def _positive_threshold(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"the NBS threshold must be a positive t value, got {value}")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("the scheduler address is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _permutation_options(self) -> AnalysisParams:
+        problems = []
+        if self.nbs_threshold is not None and self.kind != "edges":
+            problems.append(f"nbs_threshold applies to kind 'edges', not {self.kind!r}")
+        if self.tfce and self.kind != "voxels":
+            problems.append(f"tfce applies to kind 'voxels', not {self.kind!r}")
+        asked = [name for name, on in (("nbs_threshold", self.nbs_threshold is not None),
+                                       ("tfce", self.tfce)) if on]  # fmt: skip
+        if asked and self.permutations < 1:
+            problems.append(f"{' and '.join(asked)} need permutations >= 1")
+        if self.tail_approximation and self.permutations < TAIL_MIN_PERMUTATIONS:
+            problems.append(
+                f"tail_approximation needs permutations >= {TAIL_MIN_PERMUTATIONS} "
+                f"(got {self.permutations})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def provenance(self) -> dict[str, Any]:
-        """The parameters as recorded in ``results.json`` (with ``fdr_alpha``)."""
-        return {**self.model_dump(mode="json"), "fdr_alpha": FDR_ALPHA}
+        """The parameters as recorded in ``results.json`` (with ``fdr_alpha``).
+
+        ``scheduler`` is left out: where the permutations ran does not change them
+        (the same seed gives the same results bit for bit on any scheduler).
+        """
+        return {**self.model_dump(mode="json", exclude={"scheduler"}), "fdr_alpha": FDR_ALPHA}
 
 
 def format_validation_error(exc: ValidationError) -> str:

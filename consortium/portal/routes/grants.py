@@ -17,6 +17,7 @@ from consortium.auth import Identity
 from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
 from consortium.portal.csrf import csrf_protect
+from consortium.portal.plots import interval_plot, result_intervals
 from consortium.portal.render import api_dependency, done, page, parse
 from consortium.proposals.remote import ANALYSES, OPS
 from consortium.proposals.schemas import AnalysisRequest
@@ -119,5 +120,6 @@ async def analysis_run(
         rule = getattr(err, "rule", err.code)
         return await run_in_threadpool(_form, request, view, coord, err.status,
                                        refused=err.message, rule=rule, asked=body)
+    plot = interval_plot(*result_intervals(out.result))
     return await run_in_threadpool(_form, request, view, coord, result=out.result,
-                                   query_id=out.query_id, asked=body)
+                                   query_id=out.query_id, asked=body, plot=plot)

@@ -164,6 +164,7 @@ def test_journey(consortium, chromium, tmp_path):
     ada.get_by_role("button", name="Run").click()
     assert ada.locator("#res").is_visible(), ada.content()
     assert "n_subjects" in ada.locator("section[aria-labelledby=res]").inner_text()
+    assert ada.locator("section[aria-labelledby=res] figure svg[role=img]").count() == 1
     ada.get_by_label("Filter 1 column").select_option("site")
     ada.get_by_label("operator").first.select_option("eq")
     ada.get_by_label('value (for "in": comma-separated)').first.fill("SITE_B")
