@@ -40,11 +40,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ReleaseData:
-    """A kind's input: the dataset, the design built for it, the directory it writes to."""
+    """A kind's input: the dataset, the design built for it, the directory it writes to.
+
+    ``client``: a ``dask.distributed`` client opened by the caller for the
+    permutations (None: dask's local scheduler); kinds never open one.
+    """
 
     dataset: Dataset
     design: Design
     out: Path
+    client: Any = None
 
 
 def _options(ref_site: str | None, **options: Any) -> dict[str, Any]:

@@ -15,16 +15,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from consortium.analysis.params import FDR_ALPHA
+from consortium.analysis.params import FDR_ALPHA, FWE_ALPHA
 
 __all__ = [
     "N_STRONGEST_EDGES",
     "dmn_rois_figure",
     "forest_figure",
+    "nbs_figure",
     "network_matrix_figure",
     "save_figure",
     "strongest_edges",
     "strongest_edges_figure",
+    "tfce_figure",
     "voxel_figure",
 ]
 
@@ -134,20 +136,48 @@ def strongest_edges_figure(atlas: Any, t: np.ndarray, out: Path) -> bool:
     """Glass-brain view of the strongest edges by |t| (False: the atlas has no coordinates)."""
     if atlas.coords is None:
         return False
-    rows, cols, order = _strongest(atlas, t)
-    nodes = sorted(set(rows[order]) | set(cols[order]))
-    local = {n: i for i, n in enumerate(nodes)}
-    adjacency = np.zeros((len(nodes), len(nodes)))
-    for e in order:
-        a, b = local[rows[e]], local[cols[e]]
-        adjacency[a, b] = adjacency[b, a] = t[e]
-    limit = float(np.abs(adjacency).max()) or 1.0
-    _glass_brain(
-        out, "strongest_edges", adjacency, atlas.coords[nodes],
-        title=f"{len(order)} strongest edges (t)", edge_cmap="RdBu_r", edge_vmin=-limit,
-        edge_vmax=limit, node_size=12,
+    _, _, order = _strongest(atlas, t)
+    _edge_graph(atlas, order, t[order], out, "strongest_edges",
+                f"{len(order)} strongest edges (t)")  # fmt: skip
+    return True
+
+
+def nbs_figure(atlas: Any, table: pd.DataFrame, threshold: float, out: Path) -> bool:
+    """Glass-brain graph of the NBS components (``nbs_components.png``).
+
+    ``table`` is the component edge table (columns ``component``, ``edge``, ``t``,
+    ``p_extent``). Components with FWE p < 0.05 are drawn, or the largest one when
+    none is. False when there is no component or the atlas has no coordinates.
+    """
+    if atlas.coords is None or table.empty:
+        return False
+    significant = table[table["p_extent"] < FWE_ALPHA]
+    shown = significant if len(significant) else table[table["component"] == 0]
+    what = f"p_FWE<{FWE_ALPHA}" if len(significant) else "largest, not significant"
+    n = shown["component"].nunique()
+    _edge_graph(
+        atlas, shown["edge"].to_numpy(), shown["t"].to_numpy(), out, "nbs_components",
+        f"NBS |t|>{threshold:g}: {n} component(s), {len(shown)} edges ({what})",
     )  # fmt: skip
     return True
+
+
+def _edge_graph(
+    atlas: Any, edges: np.ndarray, t: np.ndarray, out: Path, stem: str, title: str
+) -> None:
+    """``stem.png``: the given edges (upper-triangle indices) coloured by their t."""
+    rows, cols = np.triu_indices(atlas.n_rois, k=1)
+    nodes = sorted(set(rows[edges]) | set(cols[edges]))
+    local = {n: i for i, n in enumerate(nodes)}
+    adjacency = np.zeros((len(nodes), len(nodes)))
+    for e, value in zip(edges, t, strict=True):
+        a, b = local[rows[e]], local[cols[e]]
+        adjacency[a, b] = adjacency[b, a] = value
+    limit = float(np.abs(adjacency).max()) or 1.0
+    _glass_brain(
+        out, stem, adjacency, atlas.coords[nodes],
+        title=title, edge_cmap="RdBu_r", edge_vmin=-limit, edge_vmax=limit, node_size=12,
+    )  # fmt: skip
 
 
 def voxel_figure(t_img: Any, threshold: float | None, out: Path) -> None:
@@ -171,6 +201,27 @@ def voxel_figure(t_img: Any, threshold: float | None, out: Path) -> None:
         title=title,
     )
     save_figure(fig, out, "voxel_map", svg=False)
+
+
+def tfce_figure(corrected_img: Any, n_fwe: int, out: Path) -> None:
+    """Glass brain of the TFCE-corrected map (``tfce_map.png``).
+
+    ``corrected_img``: the signed TFCE where p_FWE < 0.05, 0 elsewhere.
+    """
+    import matplotlib.pyplot as plt
+    from nilearn import plotting
+
+    fig = plt.figure(figsize=(9, 3.2))
+    title = (
+        f"TFCE: {n_fwe} voxels with p_FWE<{FWE_ALPHA}"
+        if n_fwe
+        else f"TFCE: no voxel with p_FWE<{FWE_ALPHA}"
+    )
+    plotting.plot_glass_brain(
+        corrected_img, threshold=None, colorbar=bool(n_fwe), plot_abs=False, cmap="RdBu_r",
+        display_mode="lzry", figure=fig, title=title,
+    )  # fmt: skip
+    save_figure(fig, out, "tfce_map", svg=False)
 
 
 def forest_figure(used: pd.DataFrame, pooled: Any, out: Path) -> None:

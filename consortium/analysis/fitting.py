@@ -4,8 +4,10 @@
 (:func:`consortium.analysis.dmn.dmn_model`) as a
 :class:`~consortium.analysis.results.MixedModelFit`. ``mass_fit``: the
 mass-univariate model's diagnosis effect, one row per feature (numpy or dask
-input, fitted over feature chunks). ``fdr`` and ``permutation_fwe``: multiple
-comparisons.
+input, fitted over feature chunks), from :func:`mass_model` (the fitted
+:class:`~consortium.analysis.mass.MassMixedResult`, whose variance components the
+permutation engine reuses). ``fdr``: Benjamini-Hochberg q values; permutation
+inference is :mod:`consortium.analysis.inference`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from consortium.analysis.dmn import dmn_model
 from consortium.analysis.effects import d_from_t
 from consortium.analysis.errors import AnalysisError
 from consortium.analysis.mass import mass_mixed_model
-from consortium.analysis.multiple import fdr_bh, maxstat_permutation
+from consortium.analysis.multiple import fdr_bh
 from consortium.analysis.results import Coefficient, MixedModelFit, SlopeLRT
 from consortium.dataset import Dataset
 
-__all__ = ["fdr", "fit_dmn", "mass_fit", "mass_table", "permutation_fwe"]
+__all__ = ["MODEL_GROUP", "MODEL_TERM", "fdr", "fit_dmn", "mass_fit", "mass_model", "mass_table"]
+
+MODEL_GROUP = "site"  # the random-effect grouping (and permutation blocks) of mass models
+MODEL_TERM = "dx"  # the tested fixed effect
 
 Advance = Callable[..., None]
 
@@ -88,6 +93,31 @@ def fit_dmn(dataset: Dataset, y: np.ndarray, design: Design, contrast: str) -> M
     )
 
 
+def mass_model(
+    Y: Any,
+    design: Design,
+    random_slope: bool,
+    progress: Advance | None = None,
+    chunk_size: int = 2048,
+) -> Any:
+    """The fitted mass-univariate model (ML) of ``Y`` on the design, one fit per feature.
+
+    ``Y`` is a numpy array or a dask array (fitted over its feature chunks of
+    ``chunk_size``, never gathered).
+    """
+    lazy = hasattr(Y, "map_blocks")
+    return mass_mixed_model(
+        Y if lazy else np.asarray(Y, dtype=np.float64),
+        design.data,
+        design.fixed,
+        MODEL_GROUP,
+        random_slopes=(MODEL_TERM,) if random_slope else (),
+        reml=False,
+        chunk_size=chunk_size,
+        progress=progress,
+    )
+
+
 def mass_fit(
     Y: Any,
     design: Design,
@@ -95,23 +125,8 @@ def mass_fit(
     progress: Advance | None = None,
     chunk_size: int = 2048,
 ) -> pd.DataFrame:
-    """estimate, se, t, p and d (with CI) of Dx of the mass-univariate model, per feature.
-
-    ``Y`` is a numpy array or a dask array (fitted over its feature chunks of
-    ``chunk_size``, never gathered).
-    """
-    slopes = ("dx",) if random_slope else ()
-    lazy = hasattr(Y, "map_blocks")
-    result = mass_mixed_model(
-        Y if lazy else np.asarray(Y, dtype=np.float64),
-        design.data,
-        design.fixed,
-        "site",
-        random_slopes=slopes,
-        reml=False,
-        chunk_size=chunk_size,
-        progress=progress,
-    )
+    """estimate, se, t, p and d (with CI) of Dx of :func:`mass_model`, per feature."""
+    result = mass_model(Y, design, random_slope, progress, chunk_size)
     return mass_table(result, design.n_case, design.n_control)
 
 
@@ -140,27 +155,3 @@ def mass_table(result: Any, n_case: int, n_control: int) -> pd.DataFrame:
 def fdr(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg q values."""
     return np.asarray(fdr_bh(np.asarray(p, float)), float)
-
-
-def permutation_fwe(
-    Y: np.ndarray,
-    design: Design,
-    random_slope: bool,
-    permutations: int,
-    seed: int,
-    progress: Advance | None = None,
-) -> np.ndarray:
-    """Family-wise p of each feature from the max |t| over within-site Dx permutations."""
-    result = maxstat_permutation(
-        np.asarray(Y, dtype=np.float64),
-        design.data,
-        design.fixed,
-        "site",
-        term="dx",
-        random_slopes=("dx",) if random_slope else (),
-        reml=False,
-        n_permutations=permutations,
-        seed=seed,
-        progress=progress,
-    )
-    return np.asarray(result.p_fwe, float)

@@ -27,9 +27,16 @@ from pydantic import (
 from consortium.analysis.contrasts import CONTRAST_NAMES
 from consortium.analysis.encodings import DEFAULT_COVARIATES
 
-__all__ = ["FDR_ALPHA", "TAIL_MIN_PERMUTATIONS", "AnalysisParams", "format_validation_error"]
+__all__ = [
+    "FDR_ALPHA",
+    "FWE_ALPHA",
+    "TAIL_MIN_PERMUTATIONS",
+    "AnalysisParams",
+    "format_validation_error",
+]
 
 FDR_ALPHA = 0.05
+FWE_ALPHA = 0.05  # level of the counts of family-wise corrected results (n_fwe, ...)
 # the tail fit uses the null maxima above their 0.9 quantile; it needs at least 10
 TAIL_MIN_PERMUTATIONS = 100
 

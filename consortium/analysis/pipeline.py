@@ -136,13 +136,15 @@ def run(
     *,
     progress: ProgressCallback | None = None,
     overwrite: bool = False,
+    client: Any = None,
 ) -> Path:
     """Run one analysis and write its results directory; returns ``out_dir``.
 
     ``out_dir`` is written to a temporary sibling and renamed into place only when
     complete, so a failed run leaves nothing half-written; a non-empty ``out_dir``
     is refused unless ``overwrite``. ``progress(step, done, total)`` is told of
-    every step (the CLI draws it).
+    every step (the CLI draws it). ``client`` is a ``dask.distributed`` client the
+    caller opened for the permutations (:mod:`consortium.analysis.cluster`).
     """
     if params.mode != "pooled":
         raise AnalysisError(
@@ -157,7 +159,7 @@ def run(
     kind = get_kind(params.kind)
     with staged_output(out_dir) as tmp:
         steps = Steps(progress)
-        kind_result = kind.run(ReleaseData(dataset, design, tmp), params, steps)
+        kind_result = kind.run(ReleaseData(dataset, design, tmp, client), params, steps)
         result = assemble(dataset, design, params, kind_result, tmp)
         (tmp / "results.json").write_text(to_json(result))
         (tmp / "timing.json").write_text(json.dumps(steps.timings, indent=2) + "\n")
@@ -171,6 +173,7 @@ def run_analysis(
     *,
     progress: bool | ProgressCallback | None = None,
     overwrite: bool = False,
+    client: Any = None,
     **options: Any,
 ) -> Path:
     """:func:`run` with the parameters as keywords (the fields of :class:`AnalysisParams`).
@@ -180,4 +183,4 @@ def run_analysis(
     """
     params = make_params(kind, **options)
     callback = progress if callable(progress) else None
-    return run(dataset, params, out_dir, progress=callback, overwrite=overwrite)
+    return run(dataset, params, out_dir, progress=callback, overwrite=overwrite, client=client)

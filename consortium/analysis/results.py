@@ -21,7 +21,9 @@ Document layout (``results.json``, key order as written)
 sections        one key per section of the kind's :class:`KindResult` (in its order):
                 ``dmn`` (:class:`DmnSection`) and ``meta`` (:class:`MetaAnalysis`) for dmn;
                 ``networks`` (:class:`NetworksSection`); ``edges`` (:class:`EdgesSection`);
-                ``voxels`` (:class:`VoxelsSection`); a registered kind may add its own
+                ``voxels`` (:class:`VoxelsSection`); with permutations ``nbs``
+                (:class:`NbsSection`) for edges and ``tfce`` (:class:`TfceSection`)
+                for voxels; a registered kind may add its own
                 section (a dataclass, or a plain JSON object).
 ``figures``     ``{name: {"png": file, "svg": file}}`` relative to the results directory.
 ``provenance``  release_name, release_hash, bundle_hashes, atlas_sha256, software,
@@ -41,7 +43,9 @@ Vocabulary (one name per concept, in every document and table)
 ``d``, ``d_ci``, ``d_se``  Cohen's d of the diagnosis effect, its interval and SE.
 ``coefficients``       the fixed-effect table: records ``{term, estimate, se, t, p[, df]}``
                        (never ``fixed_effects``).
-``q`` (feature tables) Benjamini-Hochberg FDR q value; ``p_fwe`` max-statistic FWE p.
+``q`` (feature tables) Benjamini-Hochberg FDR q value; ``p_fwe`` max-statistic FWE p
+                       (Freedman-Lane permutations within sites); ``p_fwe_tail`` the
+                       same with the generalized Pareto tail approximation.
 ``q``, ``q_p`` (meta)  Cochran's heterogeneity Q and its p value (never ``q_pvalue``);
                        ``tau2``, ``tau2_ci``, ``i2``, ``h2``, ``k`` as in metafor.
 ``n_fdr``, ``n_fwe``   number of features with q < ``fdr_alpha`` / p_fwe < 0.05.
@@ -71,12 +75,18 @@ __all__ = [
     "KindResult",
     "MetaAnalysis",
     "MixedModelFit",
+    "NbsComponentSummary",
+    "NbsEdge",
+    "NbsSection",
     "NetworksSection",
+    "PermutationSummary",
     "PooledEffect",
     "QcSummary",
     "RemoteMetaAnalysis",
     "RemoteMixedModel",
     "SlopeLRT",
+    "TailFit",
+    "TfceSection",
     "VoxelsSection",
     "from_dict",
     "from_json",
@@ -258,8 +268,46 @@ class NetworksSection:
 
 
 @dataclass
+class TailFit:
+    """Generalized Pareto fit to the upper tail of the null max distribution (PALM)."""
+
+    threshold: float
+    quantile: float
+    shape: float
+    scale: float
+    n_exceedances: int
+
+
+@dataclass
+class PermutationSummary:
+    """How the permutation p values were obtained (the seed reproduces them bit for bit).
+
+    ``n_fwe_tail``: features with the tail-approximated FWE p (column ``p_fwe_tail``)
+    below 0.05, when ``tail`` was fitted.
+    """
+
+    method: str
+    scheme: str
+    blocks: str
+    n_permutations: int
+    seed: int
+    two_sided: bool
+    tail: TailFit | None = field(default=None, metadata=_OMIT_NONE)
+    n_fwe_tail: int | None = field(default=None, metadata=_OMIT_NONE)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PermutationSummary:
+        tail = data.get("tail")
+        return cls(**{**data, "tail": TailFit(**tail) if tail else None})
+
+
+@dataclass
 class EdgesSection:
-    """``edges``: the mass-univariate model over edges (summary; the table is a parquet)."""
+    """``edges``: the mass-univariate model over edges (summary; the table is a parquet).
+
+    With permutations, ``blocks`` records carry ``p_fwe`` (the block's mean t,
+    corrected over blocks) and ``permutation`` says how.
+    """
 
     n_edges: int
     n_fdr: int
@@ -267,6 +315,86 @@ class EdgesSection:
     strongest: list[dict[str, Any]]
     blocks: list[dict[str, Any]]
     n_fwe: int | None = field(default=None, metadata=_OMIT_NONE)
+    permutation: PermutationSummary | None = field(default=None, metadata=_OMIT_NONE)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EdgesSection:
+        perm = data.get("permutation")
+        return cls(**{**data, "permutation": PermutationSummary.from_dict(perm) if perm else None})
+
+
+@dataclass
+class NbsEdge:
+    """One edge of an NBS component, named by its ROIs and their networks."""
+
+    edge: int
+    roi_a: str
+    roi_b: str
+    network_a: str
+    network_b: str
+    t: float
+
+
+@dataclass
+class NbsComponentSummary:
+    """One supra-threshold component: size (extent), mass above threshold, FWE p."""
+
+    component: int
+    sign: int
+    extent: int
+    intensity: float
+    p_extent: float
+    p_intensity: float
+    nodes: list[str]
+    edges: list[NbsEdge]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NbsComponentSummary:
+        return cls(**{**data, "edges": [NbsEdge(**e) for e in data["edges"]]})
+
+
+@dataclass
+class NbsSection:
+    """``nbs``: network-based statistic components (table ``nbs_components.parquet``)."""
+
+    threshold: float
+    tail: str
+    n_permutations: int
+    seed: int
+    n_components: int
+    n_significant: int
+    components: list[NbsComponentSummary]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NbsSection:
+        parts = [NbsComponentSummary.from_dict(c) for c in data["components"]]
+        return cls(**{**data, "components": parts})
+
+
+@dataclass
+class TfceSection:
+    """``tfce``: threshold-free cluster enhancement with FWE-corrected p maps (NIfTI).
+
+    ``n_fwe`` counts voxels with FWE p < 0.05 (``n_fwe_positive`` / ``_negative`` by
+    the sign of t); ``maps`` names the TFCE and p map files.
+    """
+
+    E: float
+    H: float
+    dh: str
+    connectivity: int
+    n_voxels: int
+    n_fwe: int
+    n_fwe_positive: int
+    n_fwe_negative: int
+    max_abs_tfce: float
+    min_p_fwe: float
+    maps: dict[str, str]
+    permutation: PermutationSummary
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TfceSection:
+        return cls(**{**data, "permutation": PermutationSummary.from_dict(data["permutation"])})
 
 
 @dataclass
@@ -297,6 +425,8 @@ for _name, _cls in (
     ("networks", NetworksSection),
     ("edges", EdgesSection),
     ("voxels", VoxelsSection),
+    ("nbs", NbsSection),
+    ("tfce", TfceSection),
 ):
     register_section(_name, _cls)
 

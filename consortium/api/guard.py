@@ -86,6 +86,26 @@ class FailedLogins:
             del self._hits[client]
 
 
+def failed_logins(coord: Coordinator, scope: Scope) -> FailedLogins:
+    """The app's one failed-login counter (kept on the app's state), shared by the API guard
+    and the portal's sign-in forms: a refused token counts whichever door it was tried at."""
+    state = scope["app"].state
+    limiter = getattr(state, "failed_logins", None)
+    if limiter is None:
+        s = coord.settings
+        limiter = state.failed_logins = FailedLogins(s.auth_fail_limit, s.auth_fail_window)
+    return limiter
+
+
+def record_refusal(coord: Coordinator, scope: Scope) -> None:
+    """Count one refused token from this request's address; audit reaching the limit."""
+    limiter = failed_logins(coord, scope)
+    if limiter.record(client_address(scope)):
+        log.warning("client %s reached %d refused tokens", client_address(scope), limiter.limit)
+        reason = f"{limiter.limit} refused tokens within {limiter.window} s"
+        audit_denial(coord, ANONYMOUS, scope, 429, reason, "auth.rate_limited")
+
+
 def audit_denial(
     coord: Coordinator,
     actor: str,
@@ -163,7 +183,6 @@ class Guard:
         self.public = frozenset(public)
         self.streamed = frozenset(streamed)
         self.sized = [(method, re.compile(pattern), name) for method, pattern, name in sized]
-        self._failures: FailedLogins | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -184,14 +203,9 @@ class Guard:
                 return
         await self.app(scope, receive, send)
 
-    def _limiter(self, coord: Coordinator) -> FailedLogins:
-        if self._failures is None:
-            s = coord.settings
-            self._failures = FailedLogins(s.auth_fail_limit, s.auth_fail_window)
-        return self._failures
 
     async def _authenticate(self, coord: Coordinator, scope: Scope, send: Send) -> Identity | None:
-        limiter = self._limiter(coord)
+        limiter = failed_logins(coord, scope)
         client = client_address(scope)
         try:
             return await run_in_threadpool(_check_token, coord, bearer_token(scope))
@@ -202,12 +216,7 @@ class Guard:
                 await _answer(send, 429, "too_many_requests", message, [("retry-after", str(wait))])
                 return None
             await run_in_threadpool(audit_denial, coord, ANONYMOUS, scope, err.status, err.message)
-            if limiter.record(client):
-                log.warning("client %s reached %d refused tokens", client, limiter.limit)
-                reason = f"{limiter.limit} refused tokens within {limiter.window} s"
-                await run_in_threadpool(
-                    audit_denial, coord, ANONYMOUS, scope, 429, reason, "auth.rate_limited"
-                )
+            await run_in_threadpool(record_refusal, coord, scope)
             await _answer(send, err.status, err.code, err.message, [("www-authenticate", "Bearer")])
             return None
 

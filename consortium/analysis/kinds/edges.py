@@ -1,7 +1,11 @@
 """``edges``: the mass-univariate model over every edge.
 
-t and d matrices, Benjamini-Hochberg FDR, optional max-statistic permutations
-of Dx within site, network-block summaries and the strongest edges.
+t and d matrices, Benjamini-Hochberg FDR, network-block summaries and the
+strongest edges. With ``permutations``: Freedman-Lane permutations within sites
+(:mod:`consortium.analysis.inference`) give every edge's FWE p by max-|t|
+(``p_fwe``), the blocks' mean t corrected over blocks (``p_fwe`` of
+``network_blocks.parquet``) and, with ``nbs_threshold``, the NBS components
+(section ``nbs``, ``nbs_components.parquet`` and the ``nbs_components`` figure).
 """
 
 from __future__ import annotations
@@ -23,11 +27,20 @@ from consortium.analysis.effects import edges_to_matrix
 from consortium.analysis.errors import AnalysisError
 from consortium.analysis.figures import (
     dmn_rois_figure,
+    nbs_figure,
     network_matrix_figure,
     strongest_edges,
     strongest_edges_figure,
 )
-from consortium.analysis.fitting import fdr, mass_fit, permutation_fwe
+from consortium.analysis.fitting import fdr, mass_fit, mass_model, mass_table
+from consortium.analysis.inference import (
+    FWE_ALPHA,
+    EdgeInference,
+    edge_inference,
+    model_options,
+    nbs_section,
+    permutation_summary,
+)
 from consortium.analysis.params import FDR_ALPHA, AnalysisParams
 from consortium.analysis.progress import Steps
 from consortium.analysis.results import EdgesSection, KindResult
@@ -46,10 +59,15 @@ def _edge_matrix(values: np.ndarray, labels: list[str]) -> pd.DataFrame:
     return pd.DataFrame(edges_to_matrix(values), index=pd.Index(labels, name="roi"), columns=labels)
 
 
-def block_summary(fit: pd.DataFrame, atlas: Any) -> pd.DataFrame:
-    """Mean edge effect within and between networks (a network-block summary)."""
+def block_summary(
+    fit: pd.DataFrame, atlas: Any, inference: EdgeInference | None = None
+) -> pd.DataFrame:
+    """Mean edge effect within and between networks (a network-block summary).
+
+    With ``inference``, ``p_fwe`` of each block's mean t, corrected over blocks.
+    """
     records = []
-    for name, index in network_pairs(atlas).items():
+    for k, (name, index) in enumerate(network_pairs(atlas).items()):
         net_a, net_b = name.split("__", 1)
         block = fit.iloc[index]
         records.append(
@@ -62,21 +80,35 @@ def block_summary(fit: pd.DataFrame, atlas: Any) -> pd.DataFrame:
                 "mean_d": float(block["d"].mean()),
                 "n_fdr": int((block["q"] < FDR_ALPHA).sum()),
                 "q": float(block["q"].min()),
+                **({} if inference is None else {"p_fwe": float(inference.block_p_fwe[k])}),
             }
         )
     return pd.DataFrame.from_records(records)
 
 
-def _fit(Y: np.ndarray, params: AnalysisParams, data: ReleaseData, progress: Steps) -> pd.DataFrame:
+def _fit(
+    Y: np.ndarray, params: AnalysisParams, data: ReleaseData, atlas: Any, progress: Steps
+) -> tuple[pd.DataFrame, EdgeInference | None]:
     with progress(f"mass mixed model ({Y.shape[1]} edges)") as advance:
-        fit = mass_fit(Y, data.design, params.random_slope, progress=advance)
+        model = mass_model(Y, data.design, params.random_slope, progress=advance)
+        fit = mass_table(model, data.design.n_case, data.design.n_control)
         fit["q"] = fdr(fit["p"].to_numpy())
-    if params.permutations > 0:
-        with progress(f"{params.permutations} max-t permutations") as advance:
-            fit["p_fwe"] = permutation_fwe(
-                Y, data.design, params.random_slope, params.permutations, params.seed, advance
-            )
-    return fit
+    if params.permutations == 0:
+        return fit, None
+    options = model_options(
+        data.design, params.random_slope, params.permutations, params.seed,
+        params.tail_approximation,
+    )  # fmt: skip
+    blocks = list(network_pairs(atlas).values())
+    with progress(f"{params.permutations} Freedman-Lane permutations") as advance:
+        inference = edge_inference(
+            Y, options, blocks, params.nbs_threshold, fit=model, client=data.client,
+            progress=advance,
+        )  # fmt: skip
+    fit["p_fwe"] = inference.permutation.p_fwe
+    if inference.permutation.p_fwe_tail is not None:
+        fit["p_fwe_tail"] = inference.permutation.p_fwe_tail
+    return fit, inference
 
 
 def _label(fit: pd.DataFrame, atlas: Any) -> pd.DataFrame:
@@ -121,13 +153,14 @@ def run(data: ReleaseData, params: AnalysisParams, progress: Steps) -> KindResul
             sections["harmonization_diagnostics"] = harmonization_diagnostics(
                 before, Y, sites, harmonizer=params.harmonize, model=model
             )
-    fit = _label(_fit(Y, params, data, progress), atlas)
+    fit, inference = _fit(Y, params, data, atlas, progress)
+    fit = _label(fit, atlas)
     out = data.out
     fit.to_parquet(out / "edge_effects.parquet", index=False)
     _edge_matrix(fit["t"].to_numpy(), atlas.labels).to_parquet(out / "edge_t_matrix.parquet")
     _edge_matrix(fit["d"].to_numpy(), atlas.labels).to_parquet(out / "edge_d_matrix.parquet")
     with progress("network blocks and figures"):
-        blocks = block_summary(fit, atlas)
+        blocks = block_summary(fit, atlas, inference)
         blocks.to_parquet(out / "network_blocks.parquet", index=False)
         figures = _figures(blocks, atlas, fit["t"].to_numpy(), out)
     section = EdgesSection(
@@ -136,11 +169,18 @@ def run(data: ReleaseData, params: AnalysisParams, progress: Steps) -> KindResul
         max_abs_t=float(np.abs(fit["t"]).max()),
         strongest=_with_d_and_q(strongest_edges(atlas, fit["t"].to_numpy()), fit),
         blocks=blocks.to_dict(orient="records"),
-        n_fwe=int((fit["p_fwe"] < 0.05).sum()) if "p_fwe" in fit else None,
+        n_fwe=int((fit["p_fwe"] < FWE_ALPHA).sum()) if "p_fwe" in fit else None,
+        permutation=permutation_summary(inference.permutation) if inference else None,
     )
+    sections = {"edges": section, **sections}
+    if inference is not None and inference.nbs is not None:
+        sections["nbs"], table = nbs_section(inference.nbs, atlas)
+        table.to_parquet(out / "nbs_components.parquet", index=False)
+        if nbs_figure(atlas, table, inference.nbs.threshold, out):
+            figures["nbs_components"] = {"png": "nbs_components.png"}
     with progress("covariate sensitivity"):
         sections["sensitivity"] = sensitivity(before, fit, data, params)
-    return KindResult(sections={"edges": section, **sections}, figures=figures)
+    return KindResult(sections=sections, figures=figures)
 
 
 def _with_d_and_q(records: list[dict[str, Any]], fit: pd.DataFrame) -> list[dict[str, Any]]:

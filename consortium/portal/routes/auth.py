@@ -9,7 +9,13 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from consortium.api.deps import get_coordinator, get_identity
-from consortium.api.guard import ANONYMOUS, audit_denial
+from consortium.api.guard import (
+    ANONYMOUS,
+    audit_denial,
+    client_address,
+    failed_logins,
+    record_refusal,
+)
 from consortium.auth import Identity
 from consortium.coordinator import Coordinator
 from consortium.errors import ConfedError
@@ -53,8 +59,17 @@ def _signed_in(request: Request, sid: str, target: str) -> Response:
     return response
 
 
-def _refused(coord: Coordinator, request: Request, err: ConfedError) -> None:
+def _refused(coord: Coordinator, request: Request, err: ConfedError) -> Response:
+    """The refusal page; counted with the API's refused tokens, and 429 beyond the limit
+    (as the API guard does: audited one by one until then, a valid token still works)."""
+    wait = failed_logins(coord, request.scope).retry_after(client_address(request.scope))
+    if wait:
+        response = _signin_form(request, 429, f"Too many refused sign-ins; try again in {wait} s.")
+        response.headers["Retry-After"] = str(wait)
+        return response
     audit_denial(coord, ANONYMOUS, request.scope, err.status, err.message, "portal.signin.denied")
+    record_refusal(coord, request.scope)
+    return _signin_form(request, 401, f"Sign-in refused: {err.message}")
 
 
 @router.get("/signin", summary="Sign-in page")
@@ -73,8 +88,7 @@ def signin(
         with coord.db.session() as session:
             sid, _row = sign_in_with_token(session, token)
     except ConfedError as err:
-        _refused(coord, request, err)
-        return _signin_form(request, 401, f"Sign-in refused: {err.message}")
+        return _refused(coord, request, err)
     return _signed_in(request, sid, next)
 
 
@@ -91,8 +105,7 @@ def link_signin(
         with coord.db.session() as session:
             sid, _row = use_link(session, secret)
     except ConfedError as err:
-        _refused(coord, request, err)
-        return _signin_form(request, 401, f"Sign-in refused: {err.message}")
+        return _refused(coord, request, err)
     return _signed_in(request, sid, "/")
 
 

@@ -196,8 +196,18 @@ def test_denials_are_audited_and_guessing_is_rate_limited(server, site_keys):
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
     with server.client() as c:  # a valid token from the same address is still served
         assert c.get("/tokens/me").status_code == 200
+    # The portal's sign-in form shares the counter: a bad token there gets 429 now too,
+    # while a valid token still signs in.
+    portal = httpx.Client(base_url=server.url, timeout=30)
+    portal.get("/signin")
+    pre = portal.cookies["confed_presession"]
+    r = portal.post("/signin", data={"token": "cfd_not-a-token", "csrf_token": pre})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    r = portal.post("/signin", data={"token": server.admin_token, "csrf_token": pre})
+    assert r.status_code == 303, r.text
     assert any(e["action"] == "auth.rate_limited" for e in _audit(server))
     anon.close()
+    portal.close()
     assert server.cli("audit", "verify").returncode == 0
 
 
