@@ -5,6 +5,9 @@ References
 Yan C-G et al. (2019). PNAS 116:9078-9083 (d from the mixed-model t).
 Hedges LV, Olkin I (1985). Statistical Methods for Meta-Analysis. Academic Press
 (large-sample variance of d).
+Efron B, Stein C (1981). The jackknife estimate of variance. Ann Stat 9:586-596.
+Cameron AC, Miller DL (2015). A practitioner's guide to cluster-robust inference.
+J Hum Resour 50:317-372 (delete-a-group jackknife, t with G - 1 degrees of freedom).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from scipy import stats
 __all__ = [
     "cohens_d_ci",
     "d_from_t",
+    "jackknife_d_ci",
+    "leave_one_site_out_d",
     "edges_to_matrix",
     "matrix_to_edges",
     "network_block_summary",
@@ -48,6 +53,80 @@ def cohens_d_ci(d, n1, n2, level: float = 0.95):
     se = np.sqrt((n1 + n2) / (n1 * n2) + d**2 / (2 * (n1 + n2)))
     z = stats.norm.ppf(1 - (1 - level) / 2)
     return d - z * se, d + z * se, se
+
+
+def jackknife_d_ci(d, d_leave_out, level: float = 0.95):
+    """Confidence interval of d from leave-one-site-out estimates (delete-a-group jackknife).
+
+    With ``d_(g)`` the d refitted without site ``g`` (``g = 1..G``) and ``dbar`` their mean,
+
+        se_J = sqrt((G - 1) / G * sum_g (d_(g) - dbar)^2),
+        CI = d -/+ t_{G-1, 1-(1-level)/2} se_J.
+
+    The site-to-site spread of d carries both the sampling error and the variance of
+    the site random slopes of Dx (and the error in their estimate), which the
+    large-sample interval of :func:`cohens_d_ci` ignores.
+
+    Parameters
+    ----------
+    d : float or ndarray (...)
+        d on all sites.
+    d_leave_out : ndarray (G, ...)
+        d with each site left out in turn.
+    level : float
+        Confidence level.
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(low, high, se_J)``.
+    """
+    d = np.asarray(d, dtype=float)
+    d_leave_out = np.asarray(d_leave_out, dtype=float)
+    G = d_leave_out.shape[0]
+    if G < 3:
+        raise ValueError(f"the site jackknife needs at least 3 sites (got {G})")
+    if d_leave_out.shape[1:] != d.shape:
+        raise ValueError(f"d_leave_out must be (sites, *{d.shape}); got {d_leave_out.shape}")
+    dev = d_leave_out - d_leave_out.mean(axis=0)
+    se = np.sqrt((G - 1) / G * (dev**2).sum(axis=0))
+    q = stats.t.ppf(1 - (1 - level) / 2, G - 1)
+    return d - q * se, d + q * se, se
+
+
+def leave_one_site_out_d(
+    Y,
+    data: pd.DataFrame,
+    fixed: Sequence[str],
+    group: str,
+    term: str = "Dx",
+    random_slopes: Sequence[str] = (),
+    reml: bool = False,
+) -> np.ndarray:
+    """d of ``term`` (+1 case, -1 comparison) refitted with each ``group`` left out.
+
+    The mass mixed model (:func:`consortium.analysis.mass.mass_mixed_model`) is fitted
+    to the outcomes ``Y`` (subjects x outcomes, rows aligned with ``data``) on the
+    subjects of all groups but one, and d is :func:`d_from_t` of its t with the
+    counts and residual degrees of freedom of that subset. Returns (G, outcomes), the
+    groups in sorted order.
+    """
+    from consortium.analysis.mass import mass_mixed_model
+
+    Y = np.asarray(Y, dtype=float)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    codes = data[group].to_numpy()
+    out = []
+    for g in np.unique(codes):
+        keep = codes != g
+        sub = data.loc[keep]
+        res = mass_mixed_model(
+            Y[keep], sub, fixed, group, random_slopes=random_slopes, reml=reml
+        )
+        n1, n2 = int((sub[term] > 0).sum()), int((sub[term] < 0).sum())
+        d, _, _ = d_from_t(res.tvalues[term].to_numpy(), n1, n2, res.df_resid)
+        out.append(d)
+    return np.stack(out)
 
 
 def _n_rois(n_edges: int) -> int:

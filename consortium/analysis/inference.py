@@ -34,8 +34,10 @@ from consortium.analysis.params import FWE_ALPHA
 from consortium.analysis.permutation import (
     BlockMeanNull,
     FreedmanLaneResult,
+    TailApproximation,
     block_fwe,
     permutation_test,
+    tail_approximation,
 )
 from consortium.analysis.results import (
     NbsComponentSummary,
@@ -53,6 +55,8 @@ __all__ = [
     "model_options",
     "nbs_section",
     "permutation_summary",
+    "run_engine",
+    "tail_p_values",
 ]
 
 NBS_TAIL = "both"  # positive and negative components, FWE over both signs jointly
@@ -87,14 +91,21 @@ def run_engine(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise AnalysisError(f"permutations: {exc}") from exc
 
 
-def permutation_summary(result: FreedmanLaneResult) -> PermutationSummary:
-    """The recorded scheme, seed and (when fitted) tail approximation of a run."""
-    tail = None
-    n_fwe_tail = None
-    if result.tail is not None:
-        fit = result.tail
-        tail = TailFit(fit.threshold, fit.quantile, fit.shape, fit.scale, fit.n_exceedances)
-        n_fwe_tail = int((result.p_fwe_tail < FWE_ALPHA).sum())
+def permutation_summary(
+    result: FreedmanLaneResult,
+    tail: TailApproximation | None = None,
+    p_tail: np.ndarray | None = None,
+) -> PermutationSummary:
+    """The recorded scheme, seed and (when fitted) tail approximation of a run.
+
+    ``tail`` and ``p_tail`` replace the run's own max-|t| tail fit (for TFCE, whose
+    tail is fitted to the max-TFCE null by :func:`tail_p_values`).
+    """
+    if tail is None:
+        tail, p_tail = result.tail, result.p_fwe_tail
+    fit = None
+    if tail is not None:
+        fit = TailFit(tail.threshold, tail.quantile, tail.shape, tail.scale, tail.n_exceedances)
     return PermutationSummary(
         method="freedman-lane",
         scheme=result.scheme,
@@ -102,9 +113,22 @@ def permutation_summary(result: FreedmanLaneResult) -> PermutationSummary:
         n_permutations=result.n_permutations,
         seed=result.seed,
         two_sided=result.two_sided,
-        tail=tail,
-        n_fwe_tail=n_fwe_tail,
+        tail=fit,
+        n_fwe_tail=None if p_tail is None else int((p_tail < FWE_ALPHA).sum()),
     )
+
+
+def tail_p_values(
+    null_max: np.ndarray, stat: np.ndarray, p_fwe: np.ndarray
+) -> tuple[TailApproximation, np.ndarray]:
+    """Generalized Pareto tail fit of ``null_max`` and the FWE p of ``stat`` it gives.
+
+    Above the fit's threshold the tail p replaces the permutation p (as
+    ``permutation_test(tail=True)`` does for max-|t|).
+    """
+    fit = run_engine(tail_approximation, null_max)
+    approx = fit.sf(stat, null_max.size)
+    return fit, np.where(np.isfinite(approx), approx, p_fwe)
 
 
 @dataclass
