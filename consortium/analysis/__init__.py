@@ -16,6 +16,8 @@ _EXPORTS = {
     "dmn_model": "consortium.analysis.dmn",
     "cohens_d_ci": "consortium.analysis.effects",
     "d_from_t": "consortium.analysis.effects",
+    "jackknife_d_ci": "consortium.analysis.effects",
+    "leave_one_site_out_d": "consortium.analysis.effects",
     "edges_to_matrix": "consortium.analysis.effects",
     "matrix_to_edges": "consortium.analysis.effects",
     "network_block_summary": "consortium.analysis.effects",

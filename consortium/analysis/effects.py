@@ -55,17 +55,20 @@ def cohens_d_ci(d, n1, n2, level: float = 0.95):
     return d - z * se, d + z * se, se
 
 
-def jackknife_d_ci(d, d_leave_out, level: float = 0.95):
+def jackknife_d_ci(d, d_leave_out, n1, n2, level: float = 0.95):
     """Confidence interval of d from leave-one-site-out estimates (delete-a-group jackknife).
 
     With ``d_(g)`` the d refitted without site ``g`` (``g = 1..G``) and ``dbar`` their mean,
 
         se_J = sqrt((G - 1) / G * sum_g (d_(g) - dbar)^2),
-        CI = d -/+ t_{G-1, 1-(1-level)/2} se_J.
+        se = max(se_J, se_HO),
+        CI = d -/+ t_{G-1, 1-(1-level)/2} se,
 
-    The site-to-site spread of d carries both the sampling error and the variance of
-    the site random slopes of Dx (and the error in their estimate), which the
-    large-sample interval of :func:`cohens_d_ci` ignores.
+    with ``se_HO`` the large-sample standard error of :func:`cohens_d_ci` (from ``n1``,
+    ``n2``). The site-to-site spread of d carries both the sampling error and the
+    variance of the site random slopes of Dx (and the error in their estimate), which
+    ``se_HO`` ignores; ``se_HO`` is a floor because the slopes can only add variance,
+    and with 17 sites ``se_J`` itself is noisy.
 
     Parameters
     ----------
@@ -73,13 +76,15 @@ def jackknife_d_ci(d, d_leave_out, level: float = 0.95):
         d on all sites.
     d_leave_out : ndarray (G, ...)
         d with each site left out in turn.
+    n1, n2 : int or ndarray
+        Subjects in the case and comparison groups (all sites).
     level : float
         Confidence level.
 
     Returns
     -------
     tuple of ndarray
-        ``(low, high, se_J)``.
+        ``(low, high, se)``.
     """
     d = np.asarray(d, dtype=float)
     d_leave_out = np.asarray(d_leave_out, dtype=float)
@@ -89,7 +94,8 @@ def jackknife_d_ci(d, d_leave_out, level: float = 0.95):
     if d_leave_out.shape[1:] != d.shape:
         raise ValueError(f"d_leave_out must be (sites, *{d.shape}); got {d_leave_out.shape}")
     dev = d_leave_out - d_leave_out.mean(axis=0)
-    se = np.sqrt((G - 1) / G * (dev**2).sum(axis=0))
+    se_j = np.sqrt((G - 1) / G * (dev**2).sum(axis=0))
+    se = np.maximum(se_j, cohens_d_ci(d, n1, n2, level)[2])
     q = stats.t.ppf(1 - (1 - level) / 2, G - 1)
     return d - q * se, d + q * se, se
 
