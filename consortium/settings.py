@@ -49,6 +49,10 @@ class Settings:
     disk_low_bytes : int
         ``/health`` reports the disk as ``low`` when the root's file system has
         fewer free bytes than this.
+    scheduler : str or None
+        ``dask.distributed`` scheduler address on which analysis jobs run their
+        permutations (None: dask's local scheduler). Only this configured address
+        is used: an API request cannot name another one.
     """
 
     root: Path
@@ -62,6 +66,7 @@ class Settings:
     auth_fail_window: int = 60
     checkpoint_file: str | None = None
     disk_low_bytes: int = 1024**3
+    scheduler: str | None = None
 
     @property
     def database_url(self) -> str:

@@ -6,6 +6,10 @@ usually a small machine). Results go to ``<root>/analyses/<job id>/results``
 and the job's state to ``<root>/analyses/<job id>/job.json``, so finished jobs
 survive a restart of the server; a job that was running when the server stopped
 is reported as failed.
+
+Permutations run on the coordinator's ``scheduler`` setting (a ``dask.distributed``
+address, or dask's local scheduler); a request's ``scheduler`` must be empty or
+that same address (a client connecting to an arbitrary scheduler would trust it).
 """
 
 from __future__ import annotations
@@ -94,7 +98,10 @@ def _update(path: Path, **changes: Any) -> None:
         _write_state(path, state)
 
 
-def _run_job(root: Path, db_url: str | None, job_dir: Path, request: AnalysisCreate) -> None:
+def _run_job(
+    root: Path, db_url: str | None, job_dir: Path, request: AnalysisCreate, scheduler: str | None
+) -> None:
+    from consortium.analysis.cluster import connect
     from consortium.analysis.pipeline import run
     from consortium.releases import open_release
 
@@ -104,7 +111,8 @@ def _run_job(root: Path, db_url: str | None, job_dir: Path, request: AnalysisCre
         try:
             dataset = open_release(root, request.release, db_url)
             params = AnalysisParams(**request.model_dump(exclude={"release"}))
-            run(dataset, params, job_dir / "results")
+            with connect(scheduler) as client:
+                run(dataset, params, job_dir / "results", client=client)
         except Exception as exc:  # the job records any failure for the caller to read
             _update(
                 state_path,
@@ -147,6 +155,14 @@ def post_analysis(
 ) -> AnalysisOut:
     from consortium.releases import get_release
 
+    scheduler = coord.settings.scheduler
+    if body.scheduler is not None and body.scheduler != scheduler:
+        raise ConfedError(
+            "invalid_request",
+            f"scheduler: the coordinator runs permutations on its configured scheduler "
+            f"({scheduler or 'local'}); a request cannot name another ({body.scheduler!r})",
+            422,
+        )
     with coord.db.session() as session:
         get_release(session, body.release)  # 404 before anything is queued
         job_id = uuid.uuid4().hex
@@ -174,7 +190,7 @@ def post_analysis(
         target=_run_job,
         name=f"analysis-{job_id[:8]}",
         daemon=True,
-        args=(Path(coord.settings.root), coord.settings.db_url, job_dir, body),
+        args=(Path(coord.settings.root), coord.settings.db_url, job_dir, body, scheduler),
     )
     _STARTED.add(job_id)
     thread.start()

@@ -16,6 +16,11 @@ same ``results.json`` (:mod:`consortium.federated.analysis`). ``--site`` (repeat
 chooses the sites asked (default: every registered site); ``--dx-case`` and
 ``--dx-control`` are the labels of the sites' ``dx`` column.
 
+Permutation inference: ``--permutations N`` (Freedman-Lane within sites, ``--seed``),
+``--nbs-threshold T`` (edges), ``--tfce`` (voxels), ``--tail-approximation`` and
+``--scheduler ADDRESS`` (a ``dask.distributed`` scheduler; the client is opened here
+by :func:`consortium.analysis.cluster.connect` and passed to the pipeline).
+
 Only typer and the standard library are imported at module level (``--help``
 stays fast); the registries imported when the commands are built are stdlib-only.
 """
@@ -72,6 +77,7 @@ class _RichProgress:
 def _run(
     kind: str, source: dict[str, Any], options: dict[str, Any], out: Path, flags: dict
 ) -> None:
+    from consortium.analysis.cluster import connect
     from consortium.analysis.pipeline import make_params, run
     from consortium.dataset import DatasetError
     from consortium.errors import ConfedError
@@ -81,12 +87,14 @@ def _run(
     try:
         params = make_params(kind, **{k: v for k, v in options.items() if v is not None})
         dataset = load_dataset(**source)
-        if flags["quiet"]:
-            path = run(dataset, params, out, overwrite=flags["overwrite"])
-        else:
-            display = _RichProgress(kind)
-            with display.bars:
-                path = run(dataset, params, out, progress=display, overwrite=flags["overwrite"])
+        with connect(params.scheduler) as client:
+            options = {"overwrite": flags["overwrite"], "client": client}
+            if flags["quiet"]:
+                path = run(dataset, params, out, **options)
+            else:
+                display = _RichProgress(kind)
+                with display.bars:
+                    path = run(dataset, params, out, progress=display, **options)
     except (*errors, FileExistsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -161,8 +169,23 @@ def _kind_command(kind: str, description: str) -> Any:
             None, "--atlas", help="Atlas name, as the bundles carry it (default: the only one)."
         ),
         metric: str = typer.Option(None, "--metric", help="Voxel map (voxels only)."),
-        permutations: int = typer.Option(0, "--permutations", min=0),
-        seed: int = typer.Option(0, "--seed"),
+        permutations: int = typer.Option(
+            0, "--permutations", min=0,
+            help="Freedman-Lane permutations within sites (FWE p; NBS, TFCE).",
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the permutations."),
+        nbs_threshold: float = typer.Option(
+            None, "--nbs-threshold", help="Edges: NBS primary threshold on |t|."
+        ),
+        tfce: bool = typer.Option(False, "--tfce", help="Voxels: TFCE-corrected p maps."),
+        tail_approximation: bool = typer.Option(
+            False, "--tail-approximation",
+            help="Generalized Pareto tail of the FWE p (>= 100 permutations).",
+        ),
+        scheduler: str = typer.Option(
+            None, "--scheduler",
+            help="dask.distributed scheduler ADDRESS for the permutations (default: local).",
+        ),
         min_per_group: int = typer.Option(10, "--min-per-group", min=1),
         covariates: list[str] = typer.Option(
             None, "--covariate", help="Covariate (repeatable; default: the standard set)."
@@ -191,6 +214,8 @@ def _kind_command(kind: str, description: str) -> Any:
             "contrast": contrast, "harmonize": harmonize, "ref_site": ref_site, "atlas": atlas,
             "metric": metric, "permutations": permutations, "seed": seed,
             "min_per_group": min_per_group, "covariates": covariates or None,
+            "nbs_threshold": nbs_threshold, "tfce": tfce or None,
+            "tail_approximation": tail_approximation or None, "scheduler": scheduler,
         }  # fmt: skip
         flags = {"overwrite": overwrite, "quiet": quiet}
         if mode == "pooled":

@@ -28,6 +28,10 @@ __all__ = ["MARKER", "RELEASE", "DemoResult", "operator_token", "run_demo"]
 
 MARKER = ".confed-demo"
 RELEASE = "demo-1"
+# Permutation inference of the pooled analyses: a small number, to show the
+# corrected results (edges: FWE p by max-|t| and NBS at |t| > 3; voxels: TFCE).
+DEMO_PERMUTATIONS = 100
+DEMO_NBS_THRESHOLD = 3.0
 
 
 @dataclass
@@ -94,6 +98,7 @@ def run_demo(
     voxels: bool = True,
     progress: bool = True,
     federated: bool = False,
+    permutations: int = DEMO_PERMUTATIONS,
 ) -> DemoResult:
     """Run a consortium end to end; see the module docstring.
 
@@ -127,6 +132,10 @@ def run_demo(
         The sites keep their bundles: no submission and no release; each site runs its
         federated agent as its own process and the DMN and edge-wise analyses run
         federated, without harmonization (:mod:`.federated`).
+    permutations : int
+        Freedman-Lane permutations of the pooled edge-wise (FWE p, NBS at |t| >
+        ``DEMO_NBS_THRESHOLD``) and voxel-wise (TFCE) analyses; 0: none. Federated
+        analyses run without permutations.
     """
     out = Path(out).resolve()
     _prepare_out(out)
@@ -184,7 +193,8 @@ def run_demo(
                     "name": release["name"], "hash": release.get("release_hash")
                 }  # fmt: skip
         if not federated:
-            analyses = _analyses(out, root, sim is not None, voxels, min_per_group, seed, stages)
+            analyses = _analyses(out, root, sim is not None, voxels, (min_per_group, seed),
+                                 permutations, stages)  # fmt: skip
         with stages.stage("render report"):
             from consortium.report import render_report
 
@@ -224,13 +234,14 @@ def _analyses(
     root: Path,
     simulated: bool,
     voxels: bool,
-    min_per_group: int,
-    seed: int,
+    sizes: tuple[int, int],
+    permutations: int,
     stages: _Stages,
 ) -> dict[str, Path]:
     from consortium.analysis.pipeline import run_analysis
     from consortium.releases import open_release
 
+    min_per_group, seed = sizes
     dataset = open_release(root, RELEASE)
     atlas = dataset.atlases[0]
     kinds = ["dmn", "networks", "edges"] if simulated else ["edges"]
@@ -249,9 +260,18 @@ def _analyses(
                 seed=seed,
                 progress=False,
                 metric=dataset.map_names[0] if kind == "voxels" else None,
+                **_inference(kind, permutations),
             )
             advance()
     return results
+
+
+def _inference(kind: str, permutations: int) -> dict[str, Any]:
+    """Permutation options of a demo analysis (none for dmn and networks)."""
+    if not permutations or kind not in ("edges", "voxels"):
+        return {}
+    extra = {"nbs_threshold": DEMO_NBS_THRESHOLD} if kind == "edges" else {"tfce": True}
+    return {"permutations": permutations, **extra}
 
 
 def operator_token(root: Path) -> str:

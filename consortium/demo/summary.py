@@ -62,7 +62,64 @@ def _summarize(
         summary["edges"] = {
             k: v for k, v in edges.get("edges", {}).items() if isinstance(v, int | float | str)
         }
+        summary.update(_corrected(edges))
+    if "voxels" in analyses:
+        summary.update(_corrected(json.loads((analyses["voxels"] / "results.json").read_text())))
     return summary
+
+
+def _corrected(doc: dict[str, Any]) -> dict[str, Any]:
+    """Permutation-corrected counts of an edges or voxels ``results.json``."""
+    out: dict[str, Any] = {}
+    perm = doc.get("edges", {}).get("permutation")
+    if perm:
+        out["edges_fwe"] = {
+            "n_permutations": perm["n_permutations"], "seed": perm["seed"],
+            "n_fwe": doc["edges"]["n_fwe"], "n_edges": doc["edges"]["n_edges"],
+        }  # fmt: skip
+    if "nbs" in doc:
+        nbs = doc["nbs"]
+        out["nbs"] = {
+            "threshold": nbs["threshold"], "n_components": nbs["n_components"],
+            "n_significant": nbs["n_significant"],
+            "components": [
+                {k: c[k] for k in ("extent", "intensity", "p_extent", "p_intensity", "sign")}
+                for c in nbs["components"][:5]
+            ],
+        }  # fmt: skip
+    if "tfce" in doc:
+        tfce = doc["tfce"]
+        out["tfce"] = {k: tfce[k] for k in ("n_voxels", "n_fwe", "min_p_fwe")} | {
+            "n_permutations": tfce["permutation"]["n_permutations"]
+        }
+    return out
+
+
+def _corrected_lines(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    if "edges_fwe" in summary:
+        e = summary["edges_fwe"]
+        lines.append(
+            f"edges, corrected ({e['n_permutations']} permutations within sites): "
+            f"{e['n_fwe']} of {e['n_edges']} with p_FWE < 0.05"
+        )
+    if "nbs" in summary:
+        n = summary["nbs"]
+        largest = ""
+        if n["components"]:
+            c = n["components"][0]
+            largest = f"; largest: {c['extent']} edges, p_FWE = {c['p_extent']:.3g}"
+        lines.append(
+            f"NBS (|t| > {n['threshold']:g}): {n['n_components']} components, "
+            f"{n['n_significant']} with p_FWE < 0.05{largest}"
+        )
+    if "tfce" in summary:
+        t = summary["tfce"]
+        lines.append(
+            f"voxels, TFCE ({t['n_permutations']} permutations): {t['n_fwe']} of "
+            f"{t['n_voxels']} with p_FWE < 0.05"
+        )
+    return lines
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -103,6 +160,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"site meta-analysis (k = {m['k']}): g = {m['estimate']:+.3f}  "
             f"95% CI [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]"
         )
+    lines.extend(_corrected_lines(summary))
     lines.append(
         "time per stage: "
         + ", ".join(f"{name} {secs:.1f} s" for name, secs in summary["timings_s"].items())

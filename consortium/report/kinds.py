@@ -9,7 +9,13 @@ from __future__ import annotations
 from consortium.report import labels
 from consortium.report.sections import Analysis, Section
 
-__all__ = ["dmn_sections", "edges_sections", "networks_sections", "voxels_sections"]
+__all__ = [
+    "dmn_sections",
+    "edges_sections",
+    "nbs_rows",
+    "networks_sections",
+    "voxels_sections",
+]
 
 #: Model terms in words (the design's column names are the keys).
 TERM_WORDS = {
@@ -21,6 +27,8 @@ TERM_WORDS = {
     "mean_fd": "head motion (mean FD)",
 }
 N_NETWORK_ROWS = 10
+N_NBS_COMPONENTS = 10  # components listed in the NBS table
+N_NBS_EDGES = 30  # edges of the first component listed
 
 
 def term_words(term: str) -> str:
@@ -93,9 +101,46 @@ def networks_sections(analysis: Analysis) -> list[Section]:
     ]
 
 
+def nbs_rows(nbs: dict) -> list[dict]:
+    """One plain-language row per NBS component (the first :data:`N_NBS_COMPONENTS`)."""
+    rows = []
+    for comp in nbs["components"][:N_NBS_COMPONENTS]:
+        networks = sorted({e[k] for e in comp["edges"] for k in ("network_a", "network_b")})
+        rows.append({
+            **comp,
+            "component": comp["component"] + 1,
+            "direction": {1: "stronger in cases", -1: "weaker in cases"}.get(
+                comp["sign"], "mixed"),
+            "n_nodes": len(comp["nodes"]),
+            "networks": ", ".join(networks),
+        })  # fmt: skip
+    return rows
+
+
+def _nbs_section(analysis: Analysis) -> Section:
+    nbs = analysis.results["nbs"]
+    first = nbs["components"][0]["edges"] if nbs["components"] else []
+    first = sorted(first, key=lambda e: -abs(e["t"]))[:N_NBS_EDGES]
+    return Section(
+        "nbs",
+        "NBS",
+        "Network-based statistic: connected sets of edges",
+        template="sections/nbs.html.j2",
+        context={
+            "analysis": analysis,
+            "nbs": nbs,
+            "rows": nbs_rows(nbs),
+            "first_edges": first,
+            "labels": labels,
+            "harmonization": labels.harmonization_text(analysis.harmonizer),
+        },
+    )
+
+
 def edges_sections(analysis: Analysis) -> list[Section]:
-    """Edge-wise effects: strongest edges by ROI label and network, and network blocks."""
+    """Edge-wise effects: strongest edges by ROI label and network, network blocks, NBS."""
     edges = analysis.results["edges"]
+    nbs = [_nbs_section(analysis)] if "nbs" in analysis.results else []
     return [
         Section(
             "glass-brain",
@@ -109,12 +154,29 @@ def edges_sections(analysis: Analysis) -> list[Section]:
                 "labels": labels,
                 "harmonization": labels.harmonization_text(analysis.harmonizer),
             },
-        )
+        ),
+        *nbs,
     ]
 
 
 def voxels_sections(analysis: Analysis) -> list[Section]:
-    """The voxel-wise map."""
+    """The voxel-wise map and, when it ran, the TFCE-corrected map."""
+    harmonization = labels.harmonization_text(analysis.harmonizer)
+    tfce = []
+    if "tfce" in analysis.results:
+        tfce = [
+            Section(
+                "tfce",
+                "TFCE",
+                "Voxel by voxel, corrected: threshold-free cluster enhancement",
+                template="sections/tfce.html.j2",
+                context={
+                    "analysis": analysis,
+                    "tfce": analysis.results["tfce"],
+                    "harmonization": harmonization,
+                },
+            )
+        ]
     return [
         Section(
             "voxel-map",
@@ -124,8 +186,9 @@ def voxels_sections(analysis: Analysis) -> list[Section]:
             context={
                 "analysis": analysis,
                 "v": analysis.results["voxels"],
-                "harmonization": labels.harmonization_text(analysis.harmonizer),
+                "harmonization": harmonization,
             },
-        )
+        ),
+        *tfce,
     ]
 

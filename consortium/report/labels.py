@@ -97,6 +97,31 @@ STRONGEST_EDGES = (
            "edges", format="p"),
 )
 
+NBS_COMPONENTS = (
+    Column("component", "Component", "numbered from the largest", format="int"),
+    Column("direction", "Direction", "sign of t: weaker or stronger in the case group",
+           format="text"),
+    Column("extent", "Connections", "extent: number of edges of the connected component",
+           format="int"),
+    Column("n_nodes", "Regions", "number of ROIs the component joins", format="int"),
+    Column("intensity", "Strength above threshold",
+           "intensity: sum over its edges of |t| minus the primary threshold"),
+    Column("p_extent", "Corrected p (size)",
+           "family-wise error p of the extent, by permutation (max over components)",
+           format="p"),
+    Column("p_intensity", "Corrected p (strength)",
+           "family-wise error p of the intensity, by permutation", format="p"),
+    Column("networks", "Networks involved", format="text"),
+)
+
+NBS_EDGES = (
+    Column("roi_a", "Region A", "ROI label of the release's atlas", format="text"),
+    Column("network_a", "Network A", format="text"),
+    Column("roi_b", "Region B", "ROI label of the release's atlas", format="text"),
+    Column("network_b", "Network B", format="text"),
+    Column("t", "t", "t statistic of diagnosis in the edge's mixed model"),
+)
+
 NETWORK_EFFECTS = (
     Column("net_a", "Network A", format="text"),
     Column("net_b", "Network B", format="text"),
