@@ -31,9 +31,9 @@ from consortium.proposals import strata as strata_mod
 from consortium.proposals.disclosure import DisclosureRefused, check_cells
 from consortium.proposals.harmonize import harmonize_outcome
 from consortium.proposals.scope import ScopedData
+from sites.federated.query import filter_mask
 
 ANALYSES = ("mixed_model", "meta_analysis")
-OPS = ("eq", "ne", "in", "ge", "le")
 
 
 def _check_request(req: dict, columns: list[str], data: ScopedData) -> None:
@@ -83,21 +83,11 @@ def _check_filters(frame: pd.DataFrame, filters: list[dict]) -> None:
 def _apply_filters(frame: pd.DataFrame, filters: list[dict]) -> pd.DataFrame:
     _check_filters(frame, filters)
     for f in filters:
-        col, op, value = f["column"], f["op"], f["value"]
-        if op not in OPS:
-            raise ConfedError("bad_filter", f"filter op must be one of {OPS}, got {op!r}", 422)
-        series = frame[col]
-        if op == "eq":
-            keep = series == value
-        elif op == "ne":
-            keep = series != value
-        elif op == "in":
-            keep = series.isin(value if isinstance(value, list) else [value])
-        elif op == "ge":
-            keep = series >= value
-        else:
-            keep = series <= value
-        frame = frame[keep.fillna(False).astype(bool)]
+        try:
+            keep = filter_mask(frame[f["column"]], f["op"], f["value"])
+        except ValueError as exc:
+            raise ConfedError("bad_filter", str(exc), 422) from exc
+        frame = frame[keep]
     return frame
 
 

@@ -227,9 +227,15 @@ class Agent:
         try:
             table, Y = self.local_data(task["params"].get("source") or {})
             out = COMPUTE[task["kind"]](task, site, table, Y, self.config.policy.min_cell)
-        except (MessageError, BundleError, KeyError, ValueError) as exc:
+        except MessageError as exc:  # the task itself: names the coordinator sent
             self.log("task.failed", task=task["id"], error=str(exc))
             return refusal(task, site, f"site {site} could not compute: {exc}")
+        except (BundleError, KeyError, ValueError) as exc:
+            # local data: its message may name a path or file, which must not leave the
+            # site; the full text stays in the site's own log
+            self.log("task.failed", task=task["id"], error=str(exc))
+            return refusal(task, site, f"site {site} could not compute on its local data "
+                           f"({type(exc).__name__}; see the site's agent log)")
         if isinstance(out, tuple):
             out, produced = out
             np.save(self.config.state_dir / "outputs" / f"{task['id']}.npy", produced)

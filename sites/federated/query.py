@@ -29,7 +29,7 @@ import pandas as pd
 from sites.disclosure import CellSizeError, cell_counts
 from sites.federated.messages import MessageError
 
-__all__ = ["apply_query", "query_columns"]
+__all__ = ["OPS", "apply_query", "filter_mask", "query_columns"]
 
 OPS = ("eq", "ne", "in", "ge", "le")
 
@@ -43,17 +43,30 @@ def query_columns(query: Mapping[str, Any]) -> list[str]:
     return fixed
 
 
-def _keep(series: pd.Series, f: Mapping[str, Any]) -> pd.Series:
-    op, value = f.get("op"), f.get("value")
+def filter_mask(series: pd.Series, op: str, value: Any) -> pd.Series:
+    """Rows kept by one filter of a remote query: the one rule, applied by the site
+    (federated) and by the coordinator on pooled data (:mod:`consortium.proposals.remote`).
+
+    Raises ``ValueError`` for an operator not in :data:`OPS`.
+    """
     if op not in OPS:
-        raise MessageError(f"query.filters: op must be one of {OPS}, got {op!r}")
+        raise ValueError(f"filter op must be one of {OPS}, got {op!r}")
     if op == "eq":
-        return series == value
-    if op == "ne":
-        return series != value
-    if op == "in":
-        return series.isin(value if isinstance(value, list) else [value])
-    return series >= value if op == "ge" else series <= value
+        keep = series == value
+    elif op == "ne":
+        keep = series != value
+    elif op == "in":
+        keep = series.isin(value if isinstance(value, list) else [value])
+    else:
+        keep = series >= value if op == "ge" else series <= value
+    return keep.fillna(False).astype(bool)
+
+
+def _keep(series: pd.Series, f: Mapping[str, Any]) -> pd.Series:
+    try:
+        return filter_mask(series, f.get("op"), f.get("value"))
+    except ValueError as exc:
+        raise MessageError(f"query.filters: {exc}") from exc
 
 
 def _cut(query: Mapping[str, Any], table: pd.DataFrame, y: np.ndarray) -> pd.DataFrame:
@@ -64,7 +77,7 @@ def _cut(query: Mapping[str, Any], table: pd.DataFrame, y: np.ndarray) -> pd.Dat
             raise MessageError(f"query: column {name!r} is not in the site's subject table")
     frame = frame[frame[dx].isin([query["case"], query["control"]])]
     for f in query.get("filters", []):
-        frame = frame[_keep(frame[f["column"]], f).fillna(False).astype(bool)]
+        frame = frame[_keep(frame[f["column"]], f)]
     return frame.dropna(subset=["_y", *query.get("covariates", [])])
 
 

@@ -107,3 +107,26 @@ def test_policy_fields_are_checked():
         policy_from_toml({"allow": ["dump_rows"]})
     with pytest.raises(PolicyError, match="min_cell"):
         policy_from_toml({"min_cell": 0})
+
+
+def test_local_data_errors_do_not_leave_the_site_in_the_refusal():
+    """A local read error may name a path: the refusal sent carries only its kind."""
+    from types import SimpleNamespace
+
+    from sites.federated.node import Agent
+
+    agent = object.__new__(Agent)
+    agent.config = SimpleNamespace(site_id="S01", policy=SimpleNamespace(min_cell=5))
+    logged = []
+    agent.log = lambda event, **details: logged.append((event, details))
+
+    def unreadable(source):
+        raise ValueError("/srv/hospital/patients/sub-123_connectivity.parquet: unreadable")
+
+    agent.local_data = unreadable
+    task = {"id": "t1", "kind": "mixed_stats", "params": {}}
+    message = agent._compute(task)
+    assert message["status"] == "refused"
+    assert "/srv" not in message["reason"] and "sub-123" not in message["reason"]
+    assert "ValueError" in message["reason"]
+    assert "sub-123" in logged[-1][1]["error"]  # the full text stays in the site's log

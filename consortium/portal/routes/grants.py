@@ -19,9 +19,10 @@ from consortium.errors import ConfedError
 from consortium.portal.csrf import csrf_protect
 from consortium.portal.plots import interval_plot, result_intervals
 from consortium.portal.render import api_dependency, done, page, parse
-from consortium.proposals.remote import ANALYSES, OPS
+from consortium.proposals.remote import ANALYSES
 from consortium.proposals.schemas import AnalysisRequest
 from consortium.proposals.scope import GrantView
+from sites.federated.query import OPS
 
 router = APIRouter(dependencies=[Depends(csrf_protect)])
 holder = api_dependency(api.post_export, "view")
