@@ -28,7 +28,7 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sites import contract
-from sites.atlas import Atlas, load_atlas
+from sites.atlas import BUILTIN_ATLASES, Atlas, load_atlas
 from sites.bundle import write_bundle
 from sites.config import ConfigError, ConnectivityConfig, SiteConfig
 from sites.connectivity import fisher_z_connectivity, network_summaries
@@ -105,7 +105,7 @@ def _check_reverse(config: SiteConfig, pattern: str, subjects: set[str], table: 
 
 
 def _load_atlas(config: SiteConfig, name: str) -> Atlas:
-    if name in ("dosenbach160", "ho111"):
+    if name in BUILTIN_ATLASES:
         return load_atlas(name)
     return load_atlas(config.resolve(name))
 

@@ -1,6 +1,6 @@
 """ROI atlases: labels, network assignment and sphere coordinates.
 
-Two atlases are built in:
+Three atlases are built in:
 
 ``dosenbach160``
     The 160 functional ROIs of Dosenbach et al. (2010) with the Yeo-7
@@ -14,6 +14,23 @@ Two atlases are built in:
     (every ROI's network is ``"unassigned"``) and no DMN: network and DMN
     analyses need an atlas TSV supplied by the consortium
     (``docs/site-data-manager/README.md``, section "Atlases").
+``aal116``
+    The 116 regions of the Automated Anatomical Labeling atlas [3]_, labelled
+    by their AAL names (``Precentral_L`` ... ``Vermis_10``) in the order of
+    the distribution's ``ROI_MNI_V4`` list (ascending grey levels 2001 ...
+    9170, the column order of an extraction in ascending label order). The table
+    is ``sites/data/aal116.tsv`` (with an ``aal_code`` column). No network
+    assignment or DMN for AAL with a citable source is shipped: like
+    ``ho111``, every ROI is ``"unassigned"`` and there is no DMN.
+
+The AAL labels and codes were cross-checked against four public
+copies: the readme of the AAL for SPM8 distribution (GIN, v1 2010-06-14,
+section III.2); ``neurolabusc/MRIcron`` ``niftiview7/templates/aal.nii.txt``
+(same order and codes, but it misnames 2611/2612 ``Frontal_Mid_Orb_L/R``;
+the distribution and MRtrix3 name them ``Frontal_Med_Orb_L/R``);
+``PennLINC/xcpEngine`` ``atlas/aal116/aal116NodeIndex.1D`` (same code
+order); ``MRtrix3/mrtrix3`` ``share/mrtrix3/labelconvert/aal.txt`` (the same
+116 names, in its own order).
 
 Any other atlas is a TSV file with columns ``index, label, network`` and,
 optionally, ``x, y, z`` (MNI mm) and ``dmn`` (0/1), so sites register atlases
@@ -28,6 +45,9 @@ References
 .. [2] Yan C.-G. et al. (2019). Reduced default mode network functional
    connectivity in patients with recurrent major depressive disorder. PNAS
    116:9078-9083.
+.. [3] Tzourio-Mazoyer N. et al. (2002). Automated anatomical labeling of
+   activations in SPM using a macroscopic anatomical parcellation of the MNI
+   MRI single-subject brain. NeuroImage 15:273-289.
 """
 
 from __future__ import annotations
@@ -41,7 +61,7 @@ import pandas as pd
 
 from sites.contract import ContractError, check_name
 
-BUILTIN_ATLASES = ("dosenbach160", "ho111")
+BUILTIN_ATLASES = ("dosenbach160", "ho111", "aal116")
 #: Network of every ROI of an atlas without a network assignment.
 UNASSIGNED = "unassigned"
 
@@ -100,7 +120,8 @@ def load_atlas(name_or_path: str | Path) -> Atlas:
     Parameters
     ----------
     name_or_path : str or Path
-        ``"dosenbach160"``, ``"ho111"`` or the path of a TSV file with columns
+        A built-in name (:data:`BUILTIN_ATLASES`: ``"dosenbach160"``,
+        ``"ho111"``, ``"aal116"``) or the path of a TSV file with columns
         ``index, label, network`` (optional ``x, y, z``, ``dmn``). The atlas
         of a TSV file is named after the file stem.
 
@@ -108,10 +129,9 @@ def load_atlas(name_or_path: str | Path) -> Atlas:
     -------
     Atlas
     """
-    if str(name_or_path) == "dosenbach160":
-        return _dosenbach160()
-    if str(name_or_path) == "ho111":
-        return _ho111()
+    builtin = {"dosenbach160": _dosenbach160, "ho111": _ho111, "aal116": _aal116}
+    if str(name_or_path) in builtin:
+        return builtin[str(name_or_path)]()
     path = Path(name_or_path)
     if not path.is_file():
         raise AtlasError(
@@ -137,6 +157,13 @@ def _dosenbach160() -> Atlas:
 def _ho111() -> Atlas:
     labels = [str(i) for i in range(1, 112)]
     return Atlas(name="ho111", labels=labels, networks=[UNASSIGNED] * 111)
+
+
+def _aal116() -> Atlas:
+    source = resources.files("sites") / "data" / "aal116.tsv"
+    with resources.as_file(source) as path:
+        table = pd.read_csv(path, sep="\t", comment="#", dtype={"label": str, "network": str})
+    return atlas_from_table("aal116", table)
 
 
 def _from_tsv(path: Path) -> Atlas:

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from sites.atlas import BUILTIN_ATLASES
 from sites.contract import NAME_PATTERN, PHENOTYPE_COLUMNS, REQUIRED_COLUMNS
 from sites.formats import input_format
 
@@ -93,7 +94,9 @@ class PhenotypeConfig(_Model):
 
 
 class ConnectivityConfig(_Model):
-    atlas: str = Field(description="built-in atlas name or path of an atlas TSV")
+    atlas: str = Field(
+        description=f"built-in atlas ({', '.join(BUILTIN_ATLASES)}) or path of an atlas TSV"
+    )
     source: str = Field(
         default="timeseries",
         description="input format (sites.formats): timeseries, bold, matrix or a registered one",
