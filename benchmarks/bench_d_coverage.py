@@ -18,9 +18,14 @@ compares two 95% CIs of d:
 
 * old: the large-sample Hedges-Olkin interval from n1, n2
   (:func:`~consortium.analysis.effects.cohens_d_ci`);
-* new: the leave-one-site-out jackknife, never narrower than the old interval, with
-  t_{G-1} quantiles (:func:`~consortium.analysis.effects.leave_one_site_out_d`,
-  :func:`~consortium.analysis.effects.jackknife_d_ci`), the CI of ``dmn_model``.
+* jackknife: the leave-one-site-out jackknife, never narrower than the old interval,
+  with t_{G-1} quantiles (:func:`~consortium.analysis.effects.leave_one_site_out_d`,
+  :func:`~consortium.analysis.effects.jackknife_d_ci`), the CI of ``dmn_model`` until
+  2026-11-30;
+* bootstrap: the parametric bootstrap of the fitted model (``--boot`` draws per
+  simulation; ``dmn_model`` uses 999), ``d -/+ t_{G-1} c sd(t*)``
+  (:mod:`consortium.analysis.d_bootstrap`), the CI of ``dmn_model`` now; the
+  percentile interval of the same draws is printed for comparison.
 
 Coverage is printed with its Clopper-Pearson 95% Monte Carlo interval.
 
@@ -36,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from consortium.analysis.d_bootstrap import bootstrap_d_ci, bootstrap_t, d_factor
 from consortium.analysis.effects import d_from_t, jackknife_d_ci, leave_one_site_out_d
 from consortium.analysis.mass import mass_mixed_model
 from consortium.simulate import ConsortiumSimulator
@@ -84,7 +90,9 @@ def coverage_line(name: str, covered: np.ndarray, width: np.ndarray) -> str:
             f"mean width {width.mean():.4f}")  # fmt: skip
 
 
-def run(data: pd.DataFrame, d_true: float, slope_sd: float, n_sims: int, seed: int) -> None:
+def run(
+    data: pd.DataFrame, d_true: float, slope_sd: float, n_sims: int, n_boot: int, seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     Y = simulate(data, d_true, slope_sd, n_sims, rng)
     fit = mass_mixed_model(Y, data, FIXED, "site", random_slopes=["Dx"], reml=False)
@@ -92,10 +100,21 @@ def run(data: pd.DataFrame, d_true: float, slope_sd: float, n_sims: int, seed: i
     d, low_old, high_old = d_from_t(fit.tvalues["Dx"].to_numpy(), n1, n2, fit.df_resid)
     d_out = leave_one_site_out_d(Y, data, FIXED, "site", "Dx", ["Dx"], reml=False)
     low_new, high_new, _ = jackknife_d_ci(d, d_out, n1, n2)
+    t_boot = bootstrap_t(
+        data, FIXED, "site", "Dx", ["Dx"], fit.params.to_numpy(),
+        fit.variance_components.to_numpy(), fit.scale.to_numpy(), n_boot, seed,
+    )  # fmt: skip
+    low_b, high_b, _ = bootstrap_d_ci(d, t_boot, n1, n2, fit.df_resid, 17, True)
+    d_boot = d_factor(n1, n2, fit.df_resid) * t_boot
+    low_p, high_p = np.quantile(d_boot, [0.025, 0.975], axis=1)
     print(f"  slope SD {slope_sd}: mean d {d.mean():.4f} (planted {d_true}), "
           f"SD of d {d.std(ddof=1):.4f}")  # fmt: skip
-    for name, low, high in (("old (Hedges-Olkin, n1 and n2)", low_old, high_old),
-                            ("new (leave-one-site-out jackknife)", low_new, high_new)):
+    for name, low, high in (
+        ("old (Hedges-Olkin, n1 and n2)", low_old, high_old),
+        ("jackknife (leave-one-site-out)", low_new, high_new),
+        ("bootstrap, t_{G-1} (dmn_model)", low_b, high_b),
+        ("bootstrap percentile", low_p, high_p),
+    ):
         covered = (low < d_true) & (d_true < high)
         print(coverage_line(name, covered, high - low), flush=True)
 
@@ -106,16 +125,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="200 simulations")
     parser.add_argument("--d", type=float, default=-0.2, help="planted d")
     parser.add_argument("--slope-sds", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
+    parser.add_argument("--boot", type=int, default=199, help="bootstrap draws per simulation")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:
         args.sims = 200
     data = design(args.seed)
     print(f"design: {len(data)} subjects, {data['site'].nunique()} sites; planted d {args.d}; "
-          f"{args.sims} simulations per slope SD; seed {args.seed}", flush=True)  # fmt: skip
+          f"{args.sims} simulations per slope SD, {args.boot} bootstrap draws each; "
+          f"seed {args.seed}", flush=True)  # fmt: skip
     start = time.perf_counter()
     for k, slope_sd in enumerate(args.slope_sds):
-        run(data, args.d, slope_sd, args.sims, seed=args.seed * 1009 + k + 1)
+        run(data, args.d, slope_sd, args.sims, args.boot, seed=args.seed * 1009 + k + 1)
     print(f"wall time {time.perf_counter() - start:.0f} s")
 
 

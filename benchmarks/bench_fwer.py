@@ -132,7 +132,7 @@ def one_simulation(data: pd.DataFrame, args, seed: int) -> dict[str, bool]:
     fit = mass_mixed_model(Y, data, FIXED, "site", random_slopes=["Dx"], reml=False)
     res = permutation_test(
         Y, data, FIXED, "site", "Dx", random_slopes=["Dx"], fit=fit,
-        n_permutations=args.permutations, seed=seed,
+        n_permutations=args.permutations, seed=seed, scheme=args.scheme,
         null_statistics={"nbs": NbsNull(args.nbs_threshold, "both", n_rois)},
     )  # fmt: skip
     comps = nbs_components(res.t, args.nbs_threshold, "both", n_rois)
@@ -148,7 +148,7 @@ def one_simulation(data: pd.DataFrame, args, seed: int) -> dict[str, bool]:
     vfit = mass_mixed_model(V, data, FIXED, "site", random_slopes=["Dx"], reml=False)
     tf = tfce_test(
         V, data, FIXED, "site", "Dx", np.ones((args.grid,) * 3, bool), random_slopes=["Dx"],
-        fit=vfit, n_permutations=B, seed=seed,
+        fit=vfit, n_permutations=B, seed=seed, scheme=args.scheme,
     )  # fmt: skip
     p_naive = naive_ols_fwe(data, Y, B, rng)
     a = args.alpha
@@ -176,8 +176,18 @@ def main() -> None:
     parser.add_argument("--nbs-threshold", type=float, default=3.0)
     parser.add_argument("--grid", type=int, default=12)
     parser.add_argument("--fwhm", type=float, default=3.0, help="smoothing FWHM (voxels)")
-    parser.add_argument("--slope-sd", type=float, default=0.02,
-                        help="SD of the site random Dx slopes (residual SD 1)")
+    parser.add_argument(
+        "--slope-sd",
+        type=float,
+        default=0.02,
+        help="SD of the site random Dx slopes (residual SD 1)",
+    )
+    parser.add_argument(
+        "--scheme",
+        choices=("permute", "signflip"),
+        default="permute",
+        help="within-site permutation or whole-site sign flips",
+    )
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -187,6 +197,7 @@ def main() -> None:
     print(f"design: {len(data)} subjects, {data['site'].nunique()} sites; {args.edges} edges, "
           f"{args.grid}^3 voxels, {args.permutations} permutations per simulation, "
           f"NBS threshold |t| > {args.nbs_threshold}, site Dx slope SD {args.slope_sd}, "
+          f"scheme {args.scheme}, "
           f"seed {args.seed}", flush=True)  # fmt: skip
     hits = dict.fromkeys(METHODS, 0)
     start = time.perf_counter()

@@ -3,7 +3,8 @@
 ``y ~ 1 + Dx + Age + Sex + Edu + Motion + (1 | Site) + (0 + Dx | Site)`` fitted by
 maximum likelihood, Dx coded +1 (case group) / -1 (comparison group) as in the
 published scripts; t of Dx with n - p degrees of freedom, d from t, a CI of d by the
-leave-one-site-out jackknife (which carries the site slope variance; the large-sample
+parametric bootstrap of the fitted model (:mod:`consortium.analysis.d_bootstrap`, which
+carries the variability of the estimated site slope variance; the large-sample
 Hedges-Olkin CI with fewer than 3 sites), and a likelihood-ratio test of the random
 Dx slope.
 
@@ -20,16 +21,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
 from consortium.analysis.contrasts import CONTRASTS, Contrast, contrast_sample, get_contrast
-from consortium.analysis.effects import (
-    cohens_d_ci,
-    d_from_t,
-    jackknife_d_ci,
-    leave_one_site_out_d,
-)
+from consortium.analysis.d_bootstrap import N_BOOT, bootstrap_d_ci, bootstrap_t
+from consortium.analysis.effects import cohens_d_ci, d_from_t
 from consortium.analysis.encodings import DEFAULT_COVARIATES, SEX_CODES
 from consortium.analysis.mixed import MixedModelResult, mixed_model
 from consortium.analysis.results import rename_vocabulary
@@ -83,7 +81,7 @@ class DmnResult:
     fit_no_slope: MixedModelResult = field(repr=False)
     n_excluded: dict[str, int] = field(default_factory=dict)
     sample_by_site: pd.DataFrame = field(default=None, repr=False)
-    d_ci_method: str = "site jackknife"
+    d_ci_method: str = "parametric bootstrap"
 
     def as_dict(self) -> dict[str, object]:
         out = {
@@ -135,9 +133,10 @@ def dmn_model(
     -------
     DmnResult
         ``t``, ``df = n - p``, ``pvalue``, ``d = t (n1 + n2) / (sqrt(df) sqrt(n1 n2))``
-        with its CI (``d_ci``, ``d_se``: the leave-one-site-out jackknife of
-        :func:`~consortium.analysis.effects.jackknife_d_ci`, or the large-sample CI
-        with fewer than 3 sites, as ``d_ci_method`` says), and the slope LRT:
+        with its CI (``d_ci``, ``d_se``: the parametric bootstrap of
+        :func:`~consortium.analysis.d_bootstrap.bootstrap_d_ci`, 999 draws with seed 0,
+        or the large-sample CI with fewer than 3 sites, as ``d_ci_method`` says), and
+        the slope LRT:
         statistic 2 (l1 - l0) with the p value of the 50:50 mixture of chi2(0) and
         chi2(1) (Self & Liang 1987) in
         ``slope_lrt_pvalue`` and the naive chi2(1) p value in ``slope_lrt_pvalue_chi2``.
@@ -167,9 +166,7 @@ def dmn_model(
     t = float(fit.tvalues["Dx"])
     d, _, _ = d_from_t(t, n_case, n_control, fit.df_resid)
     d = float(d)
-    low, high, se, ci_method = _d_interval(
-        sample, outcome, fixed, site, d, n_case, n_control, random_slope, level
-    )
+    low, high, se, ci_method = _d_interval(sample, fixed, site, fit, d, random_slope, level)
     lrt = 2.0 * (with_slope.llf - without.llf)
     # a zero slope variance gives the same maximum up to the optimiser's stop; below
     # this the statistic is rounding, and the mixture p must not flip between 1 and 0.5
@@ -202,22 +199,25 @@ def dmn_model(
 
 def _d_interval(
     sample: pd.DataFrame,
-    outcome: str,
     fixed: Sequence[str],
     site: str,
+    fit: MixedModelResult,
     d: float,
-    n_case: int,
-    n_control: int,
     random_slope: bool,
     level: float,
 ) -> tuple[float, float, float, str]:
-    """CI of d: site jackknife of the same model (3+ sites), else large-sample."""
-    if sample[site].nunique() < 3:
+    """CI of d: parametric bootstrap of the fitted model (3+ sites), else large-sample."""
+    n_case, n_control = int((sample.Dx > 0).sum()), int((sample.Dx < 0).sum())
+    if fit.n_groups < 3:
         low, high, se = cohens_d_ci(d, n_case, n_control, level)
         return float(low), float(high), float(se), "large-sample (fewer than 3 sites)"
     slopes = ["Dx"] if random_slope else []
-    d_out = leave_one_site_out_d(
-        sample[outcome].to_numpy(float), sample, fixed, site, "Dx", slopes, reml=False
-    )[:, 0]
-    low, high, se = jackknife_d_ci(d, d_out, n_case, n_control, level)
-    return float(low), float(high), float(se), "site jackknife"
+    vc = [fit.variance_components[name] for name in ["Intercept", *slopes]]
+    t_boot = bootstrap_t(
+        sample, fixed, site, "Dx", slopes, fit.params.to_numpy(), np.array(vc),
+        np.array([fit.scale]), N_BOOT, seed=0,
+    )  # fmt: skip
+    low, high, se = bootstrap_d_ci(
+        d, t_boot, n_case, n_control, fit.df_resid, fit.n_groups, random_slope, level
+    )
+    return float(low[0]), float(high[0]), float(se[0]), "parametric bootstrap"

@@ -1,4 +1,4 @@
-"""The CI of d: leave-one-site-out jackknife with the large-sample floor, and in dmn_model."""
+"""The CI of d: the site jackknife (kept for the benchmark), and dmn_model's interval."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_interval_widens_with_the_site_slope_variance():
             data.assign(dx=np.where(data.Dx > 0, "MDD", "HC"), education_years=12.0, mean_fd=0.1),
             "y", "MDD", "HC", covariates=["age"], site="site",
         )  # fmt: skip
-        assert res.d_ci_method == "site jackknife"
+        assert res.d_ci_method == "parametric bootstrap"
         assert res.d_ci[0] < res.d < res.d_ci[1]
         widths.append(res.d_ci[1] - res.d_ci[0])
     assert widths[1] > 1.2 * widths[0], widths
