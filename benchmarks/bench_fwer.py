@@ -11,7 +11,9 @@ Per simulation:
 * edges: ``--edges`` edges (upper triangle of a small atlas) correlated by a factor
   model (``--factors`` latent factors), site intercepts (SD drawn per edge) and Dx
   slopes; one :func:`~consortium.analysis.permutation.permutation_test` (Freedman-Lane
-  within sites on the mass mixed model with the random Dx slope) gives the max-|t|
+  on the mass mixed model with the random Dx slope, by default with the scheme the
+  analysis kinds use: whole-site sign flips, variance components fitted under H0;
+  ``--scheme permute`` for within-site permutation) gives the max-|t|
   FWE and, through :class:`~consortium.analysis.nbs.NbsNull` on the same
   permutations, NBS (extent and intensity) at the fixed primary threshold
   ``--nbs-threshold``;
@@ -36,6 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
+from consortium.analysis.inference import permutation_scheme
 from consortium.analysis.mass import mass_mixed_model
 from consortium.analysis.nbs import NbsNull, nbs_components
 from consortium.analysis.permutation import permutation_test
@@ -44,10 +47,10 @@ from consortium.simulate import ConsortiumSimulator
 
 FIXED = ["Dx", "age", "sex", "edu", "motion"]
 METHODS = (
-    "max-|t| (Freedman-Lane within sites)",
-    "NBS extent (within sites)",
-    "NBS intensity (within sites)",
-    "TFCE (within sites)",
+    "max-|t| (Freedman-Lane, --scheme)",
+    "NBS extent (--scheme)",
+    "NBS intensity (--scheme)",
+    "TFCE (--scheme)",
     "naive: OLS ignoring sites, free permutation, max-|t|",
 )
 
@@ -125,14 +128,24 @@ def naive_ols_fwe(data: pd.DataFrame, Y: np.ndarray, n_perm: int, rng) -> float:
     return float((1 + (null >= observed).sum()) / (n_perm + 1))
 
 
+def _scheme(name: str) -> tuple[str, str]:
+    """``(scheme, components)``: the analysis kinds' choice for 17 sites, or a named one."""
+    if name == "auto":
+        return permutation_scheme(17, random_slope=True)
+    return {"permute": ("permute", "observed"), "signflip-observed": ("signflip", "observed"),
+            "signflip": ("signflip", "null")}[name]  # fmt: skip
+
+
 def one_simulation(data: pd.DataFrame, args, seed: int) -> dict[str, bool]:
     rng = np.random.default_rng(seed)
     n_rois = int(round((1 + np.sqrt(1 + 8 * args.edges)) / 2))
     Y = null_edges(data, args.edges, args.factors, args.slope_sd, rng)
-    fit = mass_mixed_model(Y, data, FIXED, "site", random_slopes=["Dx"], reml=False)
+    scheme, components = _scheme(args.scheme)
+    held = FIXED if components == "observed" else FIXED[1:]
+    fit = mass_mixed_model(Y, data, held, "site", random_slopes=["Dx"], reml=False)
     res = permutation_test(
-        Y, data, FIXED, "site", "Dx", random_slopes=["Dx"], fit=fit,
-        n_permutations=args.permutations, seed=seed, scheme=args.scheme,
+        Y, data, FIXED, "site", "Dx", random_slopes=["Dx"], fit=fit, components=components,
+        n_permutations=args.permutations, seed=seed, scheme=scheme,
         null_statistics={"nbs": NbsNull(args.nbs_threshold, "both", n_rois)},
     )  # fmt: skip
     comps = nbs_components(res.t, args.nbs_threshold, "both", n_rois)
@@ -145,10 +158,10 @@ def one_simulation(data: pd.DataFrame, args, seed: int) -> dict[str, bool]:
     p_ext = min([p_of(c.extent, 0) for c in comps], default=1.0)
     p_int = min([p_of(c.intensity, 1) for c in comps], default=1.0)
     V = null_voxels(data, args.grid, args.fwhm, args.slope_sd, rng)
-    vfit = mass_mixed_model(V, data, FIXED, "site", random_slopes=["Dx"], reml=False)
+    vfit = mass_mixed_model(V, data, held, "site", random_slopes=["Dx"], reml=False)
     tf = tfce_test(
         V, data, FIXED, "site", "Dx", np.ones((args.grid,) * 3, bool), random_slopes=["Dx"],
-        fit=vfit, n_permutations=B, seed=seed, scheme=args.scheme,
+        fit=vfit, components=components, n_permutations=B, seed=seed, scheme=scheme,
     )  # fmt: skip
     p_naive = naive_ols_fwe(data, Y, B, rng)
     a = args.alpha
@@ -184,9 +197,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--scheme",
-        choices=("permute", "signflip"),
-        default="permute",
-        help="within-site permutation or whole-site sign flips",
+        choices=("auto", "permute", "signflip", "signflip-observed"),
+        default="auto",
+        help="auto: as the analysis kinds choose (17 sites, random slope: whole-site sign "
+        "flips with H0 variance components); permute: within sites; signflip-observed: "
+        "flips with the full model's components",
     )
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)

@@ -217,7 +217,5 @@ def _d_interval(
         sample, fixed, site, "Dx", slopes, fit.params.to_numpy(), np.array(vc),
         np.array([fit.scale]), N_BOOT, seed=0,
     )  # fmt: skip
-    low, high, se = bootstrap_d_ci(
-        d, t_boot, n_case, n_control, fit.df_resid, fit.n_groups, random_slope, level
-    )
+    low, high, se = bootstrap_d_ci(t_boot, n_case, n_control, fit.df_resid, level)
     return float(low[0]), float(high[0]), float(se[0]), "parametric bootstrap"

@@ -11,8 +11,10 @@ the mass model's residuals within sites (one seed, recorded):
 * voxels: TFCE with FWE p per voxel (:func:`~consortium.analysis.tfce.tfce_test`).
 
 The model is the kinds' mass model (:func:`consortium.analysis.fitting.mass_model`:
-ML, site random intercept and optionally the site slope of Dx) and its variance
-components are held at the observed fit. A ``dask.distributed`` client, when the
+ML, site random intercept and optionally the site slope of Dx). With the slope and
+enough sites, whole sites are sign-flipped with the variance components of the H0
+model held; otherwise residuals are permuted within sites with the components of the
+observed fit held (:func:`permutation_scheme`). A ``dask.distributed`` client, when the
 caller opened one (:mod:`consortium.analysis.cluster`), runs the permutation
 batches; results do not depend on it.
 """
@@ -53,6 +55,7 @@ __all__ = [
     "EdgeInference",
     "edge_inference",
     "model_options",
+    "permutation_scheme",
     "nbs_section",
     "permutation_summary",
     "run_engine",
@@ -66,11 +69,32 @@ NBS_COLUMNS = [
 ]  # fmt: skip
 
 
+#: Fewest sites for whole-site sign flips (2^10 = 1,024 distinct flips).
+MIN_FLIP_SITES = 10
+
+
+def permutation_scheme(n_sites: int, random_slope: bool) -> tuple[str, str]:
+    """``(scheme, components)`` of the kinds' permutation test.
+
+    With the site random slope of Dx and at least :data:`MIN_FLIP_SITES` sites, whole
+    sites are sign-flipped with variance components fitted under H0 (the only scheme
+    that keeps FWE with slope variance, see :mod:`consortium.analysis.permutation`);
+    otherwise residuals are permuted within sites, which is exact without a slope
+    and approximate with one when sites are too few to flip.
+    """
+    if random_slope and n_sites >= MIN_FLIP_SITES:
+        return "signflip", "null"
+    return "permute", "observed"
+
+
 def model_options(
     design: Design, random_slope: bool, permutations: int, seed: int, tail: bool
 ) -> dict[str, Any]:
     """Keyword arguments of ``permutation_test`` for the kinds' mass model."""
+    scheme, components = permutation_scheme(design.data[MODEL_GROUP].nunique(), random_slope)
     return {
+        "scheme": scheme,
+        "components": components,
         "data": design.data,
         "fixed": design.fixed,
         "group": MODEL_GROUP,
@@ -106,8 +130,11 @@ def permutation_summary(
     fit = None
     if tail is not None:
         fit = TailFit(tail.threshold, tail.quantile, tail.shape, tail.scale, tail.n_exceedances)
+    method = "freedman-lane"
+    if result.components == "null":
+        method += ", variance components under H0"
     return PermutationSummary(
-        method="freedman-lane",
+        method=method,
         scheme=result.scheme,
         blocks=MODEL_GROUP,
         n_permutations=result.n_permutations,
@@ -153,8 +180,11 @@ def edge_inference(
     """Max-|t|, network blocks and NBS of edges ``Y`` from one set of permutations.
 
     ``options`` from :func:`model_options`; ``blocks`` the edge indices of each network
-    block; ``fit`` the observed mass model (its variance components are reused).
+    block; ``fit`` the observed mass model (its variance components are reused unless
+    the scheme holds those of the H0 model, which is then fitted).
     """
+    if options.get("components") == "null":
+        fit = None
     nulls: dict[str, Any] = {"blocks": BlockMeanNull(list(blocks))}
     if nbs_threshold is not None:
         nulls["nbs"] = NbsNull(float(nbs_threshold), NBS_TAIL)

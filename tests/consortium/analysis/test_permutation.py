@@ -123,8 +123,16 @@ def test_same_seed_bitwise_and_batch_size_independent():
     kwargs = dict(random_slopes=("dx",), n_permutations=200, seed=11)
     # batches are rounded up to whole blocks of MICRO draws: 7 -> 4 tasks, 150 -> 2 tasks
     calls = []
-    a = permutation_test(Y, data, FIXED, "site", "dx", batch_size=7,
-                         progress=lambda done, total: calls.append((done, total)), **kwargs)
+    a = permutation_test(
+        Y,
+        data,
+        FIXED,
+        "site",
+        "dx",
+        batch_size=7,
+        progress=lambda done, total: calls.append((done, total)),
+        **kwargs,
+    )
     assert calls[-1] == (4, 4)
     b = permutation_test(Y, data, FIXED, "site", "dx", batch_size=150, **kwargs)
     c = permutation_test(Y, data, FIXED, "site", "dx", batch_size=7, scheduler="sync", **kwargs)
@@ -133,8 +141,9 @@ def test_same_seed_bitwise_and_batch_size_independent():
         assert np.array_equal(a.p_uncorrected, other.p_uncorrected)
         assert np.array_equal(a.null_max, other.null_max)
     assert a.seed == 11 and a.n_permutations == 200 and a.null_max.shape == (200,)
-    different = permutation_test(Y, data, FIXED, "site", "dx", random_slopes=("dx",),
-                                 n_permutations=200, seed=12)
+    different = permutation_test(
+        Y, data, FIXED, "site", "dx", random_slopes=("dx",), n_permutations=200, seed=12
+    )
     assert not np.array_equal(a.null_max, different.null_max)
 
 
@@ -204,9 +213,12 @@ def test_local_cluster_bit_identical():
     data, Y = _data(seed=8, m=7)
     kwargs = dict(random_slopes=("dx",), n_permutations=150, seed=5, batch_size=6)  # 3 tasks
     local = permutation_test(Y, data, FIXED, "site", "dx", **kwargs)
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         remote = permutation_test(Y, data, FIXED, "site", "dx", client=client, **kwargs)
     assert np.array_equal(local.t, remote.t)
     assert np.array_equal(local.null_max, remote.null_max)
@@ -242,9 +254,56 @@ def test_network_blocks_corrected_over_blocks():
     data, Y = _data(seed=9, m=12)
     Y[:, 8:12] += 0.5 * data["dx"].to_numpy()[:, None]
     blocks = [np.arange(0, 4), np.arange(4, 8), np.arange(8, 12)]
-    res = permutation_test(Y, data, FIXED, "site", "dx", n_permutations=99, seed=1,
-                           null_statistics={"blocks": BlockMeanNull(blocks)})
+    res = permutation_test(
+        Y,
+        data,
+        FIXED,
+        "site",
+        "dx",
+        n_permutations=99,
+        seed=1,
+        null_statistics={"blocks": BlockMeanNull(blocks)},
+    )
     means, p = block_fwe(res.t, blocks, res.null["blocks"])
     np.testing.assert_allclose(means, [res.t[b].mean() for b in blocks])
     assert p[2] <= 0.03 and (p[:2] > 0.05).all()
     assert res.null["blocks"].shape == (99,)
+
+
+def test_null_components_hold_the_h0_fit_for_observed_and_flipped_t():
+    """components='null': s(f) from the model without dx (slope of dx kept), for every t."""
+    data, Y = _data(seed=4)
+    h0 = mass_mixed_model(Y, data, ["age"], "site", random_slopes=["dx"], reml=False)
+    s = np.sqrt(h0.variance_components.to_numpy() / h0.scale.to_numpy()[:, None])
+    flips = generate_signflips(5, 3, seed=1)
+    fast = permuted_statistics(
+        Y, data, FIXED, "site", "dx", flips, ("dx",), scheme="signflip", components="null"
+    )
+    # the fit may also be passed in: the same numbers
+    given = permuted_statistics(
+        Y, data, FIXED, "site", "dx", flips, ("dx",), scheme="signflip", fit=h0,
+        components="null",
+    )  # fmt: skip
+    np.testing.assert_array_equal(fast, given)
+    codes = pd.factorize(data["site"], sort=True)[0]
+    res = permutation_test(
+        Y, data, FIXED, "site", "dx", ("dx",), scheme="signflip", components="null",
+        n_permutations=64, seed=0,
+    )  # fmt: skip
+    assert res.components == "null" and res.scheme == "signflip"
+    for f in range(Y.shape[1]):
+        assert res.t[f] == pytest.approx(_direct_t(Y[:, f], data, s[f], True), rel=1e-9)
+        r = _reduced_residuals(Y[:, f], data, s[f], True)
+        for b in range(3):
+            direct = _direct_t(flips[b][codes] * r, data, s[f], True)
+            assert fast[b, f] == pytest.approx(direct, rel=1e-9, abs=1e-10)
+    with pytest.raises(ValueError, match="components must be one of"):
+        permutation_test(Y, data, FIXED, "site", "dx", components="h1", n_permutations=5)
+
+
+def test_the_kinds_flip_whole_sites_with_a_slope_and_enough_sites():
+    from consortium.analysis.inference import MIN_FLIP_SITES, permutation_scheme
+
+    assert permutation_scheme(MIN_FLIP_SITES, random_slope=True) == ("signflip", "null")
+    assert permutation_scheme(MIN_FLIP_SITES - 1, True) == ("permute", "observed")
+    assert permutation_scheme(17, random_slope=False) == ("permute", "observed")

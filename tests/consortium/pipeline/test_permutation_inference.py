@@ -29,8 +29,13 @@ NBS_OPTIONS = {**EDGE_OPTIONS, "nbs_threshold": 3.0}
 
 def _model(dataset):
     design = build_design(dataset, "all", list(DEFAULT_COVARIATES), 10)
-    return design, {"data": design.data, "fixed": design.fixed, "group": "site", "term": "dx",
-                    "reml": False}
+    return design, {
+        "data": design.data,
+        "fixed": design.fixed,
+        "group": "site",
+        "term": "dx",
+        "reml": False,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +104,24 @@ def test_report_nbs_section_only_when_it_ran(nbs_run, results, tmp_path):
 
 
 def test_voxels_tfce_writes_fwe_p_maps(dataset, tmp_path):
-    out = run_analysis(dataset, "voxels", tmp_path / "v", harmonize="none", permutations=9,
-                       seed=2, tfce=True, chunk_voxels=40, progress=False)
+    out = run_analysis(
+        dataset,
+        "voxels",
+        tmp_path / "v",
+        harmonize="none",
+        permutations=9,
+        seed=2,
+        tfce=True,
+        chunk_voxels=40,
+        progress=False,
+    )
     section = from_json((out / "results.json").read_text()).section("tfce")
     assert isinstance(section, TfceSection)
     mask_img, maps = dataset.maps("alff")
     mask = np.asarray(mask_img.dataobj) != 0
     design, model = _model(dataset)
     Y = np.asarray(maps.compute(), float)[design.rows]
-    direct = tfce_test(Y, **model, mask=mask_img, random_slopes=("dx",), n_permutations=9,
-                       seed=2)
+    direct = tfce_test(Y, **model, mask=mask_img, random_slopes=("dx",), n_permutations=9, seed=2)
     p_img = nib.load(out / section.maps["p_fwe"])
     np.testing.assert_allclose(p_img.affine, mask_img.affine)
     np.testing.assert_array_equal(p_img.get_fdata()[mask], direct.p_fwe.astype(np.float32))
@@ -131,10 +144,14 @@ def test_voxels_tfce_writes_fwe_p_maps(dataset, tmp_path):
         ({"kind": "edges", "nbs_threshold": 3.0}, "nbs_threshold need permutations >= 1"),
         ({"kind": "voxels", "tfce": True}, "tfce need permutations >= 1"),
         ({"kind": "edges", "tfce": True, "permutations": 5}, "tfce applies to kind 'voxels'"),
-        ({"kind": "voxels", "nbs_threshold": 2.0, "permutations": 5},
-         "nbs_threshold applies to kind 'edges'"),
-        ({"kind": "edges", "tail_approximation": True, "permutations": 50},
-         "tail_approximation needs permutations >= 100"),
+        (
+            {"kind": "voxels", "nbs_threshold": 2.0, "permutations": 5},
+            "nbs_threshold applies to kind 'edges'",
+        ),
+        (
+            {"kind": "edges", "tail_approximation": True, "permutations": 50},
+            "tail_approximation needs permutations >= 100",
+        ),
         ({"kind": "edges", "scheduler": " "}, "scheduler: the scheduler address is empty"),
     ],
 )
@@ -145,8 +162,9 @@ def test_params_validation(options, message):
 
 
 def test_params_provenance_leaves_out_the_scheduler():
-    params = AnalysisParams(kind="edges", permutations=5, nbs_threshold=3.0,
-                            scheduler="tcp://127.0.0.1:8786")
+    params = AnalysisParams(
+        kind="edges", permutations=5, nbs_threshold=3.0, scheduler="tcp://127.0.0.1:8786"
+    )
     recorded = params.provenance()
     assert "scheduler" not in recorded
     assert recorded["nbs_threshold"] == 3.0 and recorded["permutations"] == 5
@@ -160,11 +178,36 @@ def test_cli_options(synthetic_bundles, tmp_path):
         for flag in (*flags, "--permutations", "--tail-approximation", "--scheduler"):
             assert flag in shown.output
     bundles = [arg for b in synthetic_bundles for arg in ("--bundles", str(b.path))]
-    refused = runner.invoke(cli, ["analyze", "edges", "--out", str(tmp_path / "x"), *bundles,
-                                  "--tfce", "--permutations", "3"])
+    refused = runner.invoke(
+        cli,
+        [
+            "analyze",
+            "edges",
+            "--out",
+            str(tmp_path / "x"),
+            *bundles,
+            "--tfce",
+            "--permutations",
+            "3",
+        ],
+    )
     assert refused.exit_code == 1 and "tfce applies to kind 'voxels'" in refused.output
-    ran = runner.invoke(cli, ["analyze", "voxels", "--out", str(tmp_path / "v"), *bundles,
-                              "--harmonize", "none", "--permutations", "3", "--tfce", "--quiet"])
+    ran = runner.invoke(
+        cli,
+        [
+            "analyze",
+            "voxels",
+            "--out",
+            str(tmp_path / "v"),
+            *bundles,
+            "--harmonize",
+            "none",
+            "--permutations",
+            "3",
+            "--tfce",
+            "--quiet",
+        ],
+    )
     assert ran.exit_code == 0, ran.output
     assert (tmp_path / "v" / "tfce_p_fwe.nii.gz").is_file()
 
@@ -174,17 +217,18 @@ def test_scheduler_client_gives_the_same_results(dataset, tmp_path):
 
     from consortium.analysis.cluster import connect
 
-    options = {"harmonize": "none", "permutations": 70, "seed": 5, "tfce": True,
-               "chunk_voxels": 40}
+    options = {"harmonize": "none", "permutations": 70, "seed": 5, "tfce": True, "chunk_voxels": 40}
     local = run_analysis(dataset, "voxels", tmp_path / "local", **options)
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                           dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    )
     with cluster, connect(cluster.scheduler_address) as client:
         remote = run_analysis(dataset, "voxels", tmp_path / "remote", client=client, **options)
     assert (remote / "results.json").read_bytes() == (local / "results.json").read_bytes()
     for name in ("tfce_map.nii.gz", "tfce_p_fwe.nii.gz"):
-        np.testing.assert_array_equal(nib.load(remote / name).get_fdata(),
-                                      nib.load(local / name).get_fdata())
+        np.testing.assert_array_equal(
+            nib.load(remote / name).get_fdata(), nib.load(local / name).get_fdata()
+        )
 
 
 def test_unreachable_scheduler_is_a_clear_error():
@@ -194,3 +238,28 @@ def test_unreachable_scheduler_is_a_clear_error():
     with pytest.raises(AnalysisError, match="scheduler 'tcp://127.0.0.1:9' cannot be reached"):
         with connect("tcp://127.0.0.1:9"):
             pass
+
+
+@pytest.mark.slow
+def test_random_slope_with_ten_sites_flips_whole_sites(tmp_path):
+    """The scheme the kinds choose with a site slope of Dx and >= 10 sites, end to end."""
+    from consortium.dataset import Dataset
+    from tests.helpers.bundles import make_bundles
+
+    bundles = make_bundles(tmp_path / "bundles", n_sites=10, seed=5)
+    ten = Dataset.from_bundles(bundles, release_name="ten-sites", release_hash="e" * 64)
+    out = run_analysis(
+        ten, "edges", tmp_path / "edges", harmonize="none", permutations=64, seed=2,
+        random_slope=True, progress=False,
+    )  # fmt: skip
+    design, model = _model(ten)
+    Y = ten.connectivity("dosenbach160")[design.rows].astype(float)
+    direct = permutation_test(
+        Y, **model, random_slopes=("dx",), n_permutations=64, seed=2, scheme="signflip",
+        components="null",
+    )  # fmt: skip
+    table = pd.read_parquet(out / "edge_effects.parquet")
+    np.testing.assert_array_equal(table["p_fwe"].to_numpy(), direct.p_fwe)
+    doc = json.loads((out / "results.json").read_text())["edges"]["permutation"]
+    assert doc["scheme"] == "signflip"
+    assert doc["method"] == "freedman-lane, variance components under H0"
