@@ -14,6 +14,8 @@ _EXPORTS = {
     "CONTRASTS": "consortium.analysis.contrasts",
     "DmnResult": "consortium.analysis.dmn",
     "dmn_model": "consortium.analysis.dmn",
+    "bootstrap_d_ci": "consortium.analysis.d_bootstrap",
+    "bootstrap_t": "consortium.analysis.d_bootstrap",
     "cohens_d_ci": "consortium.analysis.effects",
     "d_from_t": "consortium.analysis.effects",
     "jackknife_d_ci": "consortium.analysis.effects",

@@ -58,6 +58,10 @@ def cohens_d_ci(d, n1, n2, level: float = 0.95):
 def jackknife_d_ci(d, d_leave_out, n1, n2, level: float = 0.95):
     """Confidence interval of d from leave-one-site-out estimates (delete-a-group jackknife).
 
+    Not the interval of ``dmn_model`` (which uses the parametric bootstrap of
+    :mod:`consortium.analysis.d_bootstrap`); kept as the comparison in
+    ``benchmarks/bench_d_coverage.py``, where it is conservative without slope variance.
+
     With ``d_(g)`` the d refitted without site ``g`` (``g = 1..G``) and ``dbar`` their mean,
 
         se_J = sqrt((G - 1) / G * sum_g (d_(g) - dbar)^2),

@@ -12,8 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from consortium.analysis.pipeline import AnalysisError, run_analysis
-from consortium.dataset import Dataset
 from sites.agent import compute
 from sites.atlas import (
     BUILTIN_ATLASES,
@@ -29,7 +27,6 @@ from sites.config import load_config
 from sites.contract import check_atlas_table
 from sites.pseudonym import load_secret, subject_key
 from tests.helpers import site_folders as synthetic
-from tests.helpers.bundles import make_bundles
 from tests.helpers.keys import make_site
 
 #: (1-based position, label, AAL grey level) checked against the ROI_MNI_V4 list.
@@ -119,11 +116,3 @@ def test_site_with_aal116_time_series_computes_like_ho111(tmp_path):
     nets = bundle.network_summaries("aal116")
     assert [c for c in nets.columns if c != "subject_key"] == ["unassigned__unassigned"]
     np.testing.assert_allclose(nets["unassigned__unassigned"], fc.mean(axis=1), rtol=1e-5)
-
-
-def test_dmn_analysis_on_aal116_is_refused(tmp_path):
-    bundles = make_bundles(tmp_path / "bundles", n_sites=2, atlas_name="aal116")
-    with pytest.raises(AnalysisError, match="atlas 'aal116' has no REST-meta-MDD DMN"):
-        run_analysis(Dataset.from_bundles(bundles), "dmn", tmp_path / "out", atlas="aal116",
-                     progress=False)
-    assert [p.name for p in tmp_path.iterdir()] == ["bundles"]

@@ -263,10 +263,11 @@ def test_bad_input_leaves_no_output(dataset, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["full"]
 
 
-def test_atlas_without_dmn_is_refused(tmp_path):
-    bundles = make_bundles(tmp_path / "bundles", n_sites=2, atlas_name="ho111")
-    with pytest.raises(AnalysisError, match="atlas 'ho111' has no REST-meta-MDD DMN"):
-        run_analysis(Dataset.from_bundles(bundles), "dmn", tmp_path / "out", atlas="ho111",
+@pytest.mark.parametrize("atlas", ["ho111", "aal116"])
+def test_atlas_without_dmn_is_refused(tmp_path, atlas):
+    bundles = make_bundles(tmp_path / "bundles", n_sites=2, atlas_name=atlas)
+    with pytest.raises(AnalysisError, match=f"atlas '{atlas}' has no REST-meta-MDD DMN"):
+        run_analysis(Dataset.from_bundles(bundles), "dmn", tmp_path / "out", atlas=atlas,
                      progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["bundles"]
 
