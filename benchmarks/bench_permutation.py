@@ -34,6 +34,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from consortium.analysis.inference import permutation_scheme
 from consortium.analysis.mass import mass_mixed_model
 from consortium.analysis.nbs import NbsNull, nbs_components
 from consortium.analysis.permutation import permutation_test
@@ -100,6 +101,13 @@ def nilearn_ols(data: pd.DataFrame, Y: np.ndarray, n_perm: int, **kwargs):
         )  # fmt: skip
 
 
+def _scheme(name: str, data: pd.DataFrame, slope: bool) -> tuple[str, str]:
+    """``(scheme, components)``: the analysis kinds' choice, or within-site permutation."""
+    if name == "auto":
+        return permutation_scheme(data["site"].nunique(), slope)
+    return "permute", "observed"
+
+
 def bench_edges(data: pd.DataFrame, args) -> None:
     n_rois = int(round((1 + np.sqrt(1 + 8 * args.edges)) / 2))
     rng = np.random.default_rng(2)
@@ -110,9 +118,16 @@ def bench_edges(data: pd.DataFrame, args) -> None:
     print(f"edges: {len(data)} subjects x {args.edges} edges, {data['site'].nunique()} sites")
     fit, _ = timed("observed mass mixed model (once)", lambda: mass_mixed_model(
         Y, data, FIXED, "site", random_slopes=("dx",), reml=False))
-    res, ours = timed(f"{args.permutations} permutations, max-|t| + NBS", lambda: permutation_test(
+    scheme, components = _scheme(args.scheme, data, slope=True)
+    if components == "null":
+        fit, _ = timed("H0 mass mixed model, for the held components (once)",
+                       lambda: mass_mixed_model(Y, data, FIXED[1:], "site",
+                                                random_slopes=("dx",), reml=False))
+    res, ours = timed(f"{args.permutations} draws ({scheme}), max-|t| + NBS",
+                      lambda: permutation_test(
         Y, data, FIXED, "site", "dx", random_slopes=("dx",), n_permutations=args.permutations,
-        seed=0, fit=fit, batch_size=args.batch_size, scheduler=args.scheduler,
+        seed=0, fit=fit, components=components, scheme=scheme, batch_size=args.batch_size,
+        scheduler=args.scheduler,
         null_statistics={"nbs": NbsNull(args.nbs_threshold, "both", n_rois)}))
     comps = nbs_components(res.t, args.nbs_threshold, "both", n_rois)
     null = res.null["nbs"][:, 0]
@@ -141,10 +156,16 @@ def bench_voxels(data: pd.DataFrame, args) -> None:
         noise[i] = volume[mask] / 0.2
     Y = outcomes(data, noise)
     print(f"voxels: {len(data)} subjects x {Y.shape[1]} voxels (MNI152 3 mm mask)")
-    fit, _ = timed("observed mass mixed model (once)", lambda: mass_mixed_model(
-        Y, data, FIXED, "site", reml=False, chunk_size=8192))
+    scheme, components = _scheme(args.scheme, data, slope=args.voxel_slope)
+    slopes = ("dx",) if args.voxel_slope else ()
+    held = FIXED[1:] if components == "null" else FIXED
+    fit, _ = timed(f"mass mixed model for the held components ({components} fit, once)",
+                   lambda: mass_mixed_model(Y, data, held, "site", random_slopes=slopes,
+                                            reml=False, chunk_size=8192))
+
     def ours(n: int):
         return tfce_test(Y, data, FIXED, "site", "dx", mask, n_permutations=n, seed=0, fit=fit,
+                         random_slopes=slopes, scheme=scheme, components=components,
                          batch_size=args.batch_size, scheduler=args.scheduler)
 
     res, _ = timed("TFCE, 64 permutations (a check)", lambda: ours(64))
@@ -209,6 +230,11 @@ def main() -> None:
     parser.add_argument("--fwer-permutations", type=int, default=499)
     parser.add_argument("--subjects-scale", type=float, default=1.0,
                         help="scale the sites' sample sizes (a quick dry run: 0.05)")
+    parser.add_argument("--scheme", choices=("auto", "permute"), default="auto",
+                        help="auto: as the analysis kinds choose (17 sites with the Dx slope: "
+                        "whole-site sign flips, H0 components); permute: within sites")
+    parser.add_argument("--voxel-slope", action="store_true",
+                        help="voxels with the site slope of Dx (the kinds' default)")
     parser.add_argument("--skip-edges", action="store_true")
     parser.add_argument("--skip-voxels", action="store_true")
     args = parser.parse_args()

@@ -1,8 +1,8 @@
 """Permutation inference of the analysis kinds: the Freedman-Lane engine, wired in.
 
 One run of :func:`~consortium.analysis.permutation.permutation_test` per analysis
-gives everything that needs the null distribution, from the same permutations of
-the mass model's residuals within sites (one seed, recorded):
+gives everything that needs the null distribution, from the same permutations (or
+whole-site sign flips) of the mass model's residuals (one seed, recorded):
 
 * edges: the FWE p of every edge by max-|t| (``p_fwe``), the network blocks' mean t
   corrected over blocks (:func:`~consortium.analysis.permutation.block_fwe`) and,
@@ -244,5 +244,6 @@ def nbs_section(nbs: NbsResult, atlas: Any) -> tuple[NbsSection, pd.DataFrame]:
         n_components=len(components),
         n_significant=sum(c.p_extent < FWE_ALPHA for c in components),
         components=components,
+        scheme=nbs.permutation.scheme,
     )
     return section, table

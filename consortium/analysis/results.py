@@ -367,6 +367,7 @@ class NbsSection:
     n_components: int
     n_significant: int
     components: list[NbsComponentSummary]
+    scheme: str = "permute"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NbsSection:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Column", "harmonization_text"]
+__all__ = ["Column", "harmonization_text", "scheme_text"]
 
 
 @dataclass(frozen=True)
@@ -160,3 +160,15 @@ def harmonization_text(name: str | None) -> str:
     except (ImportError, ValueError):
         description = _HARMONIZATION_WORDS.get(name, f"harmonizer {name!r}")
     return f"{description} ({name})"
+
+
+_SCHEME_WORDS = {
+    "signflip": "sign flips of whole sites (the model's residuals), which keep the "
+    "site differences in the diagnosis effect",
+    "permute": "permutations of diagnosis within site",
+}
+
+
+def scheme_text(scheme: str | None) -> str:
+    """Plain words for a recorded permutation scheme (``results.json``, ``scheme``)."""
+    return _SCHEME_WORDS.get(scheme or "permute", f"scheme {scheme!r}")

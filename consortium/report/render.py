@@ -28,6 +28,7 @@ from typing import Any
 import jinja2
 import markupsafe
 
+from consortium.report import labels
 from consortium.report.sections import Analysis, Section, hook_for
 
 __all__ = [
@@ -186,6 +187,7 @@ def _environment() -> jinja2.Environment:
     env.filters["fmt"] = _fmt
     env.filters["fmt_p"] = _fmt_p
     env.filters["cell"] = _cell
+    env.filters["scheme_text"] = labels.scheme_text
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
     env.tests["mapping"] = lambda v: isinstance(v, dict)
     env.tests["records"] = lambda v: (
