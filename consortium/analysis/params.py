@@ -57,8 +57,9 @@ class AnalysisParams(BaseModel):
     min_per_group: int = Field(10, ge=1, description="sites with fewer in a group are excluded")
     permutations: int = Field(
         0, ge=0, le=100_000,
-        description="Freedman-Lane permutations within sites (edges: max-|t|, network "
-        "blocks, NBS; voxels: TFCE)",
+        description="Freedman-Lane permutations (whole-site sign flips with the site slope "
+        "and >= 10 sites, else within sites; edges: max-|t|, network blocks, NBS; voxels: "
+        "TFCE)",
     )  # fmt: skip
     seed: int = Field(0, description="seed of the permutations")
     nbs_threshold: float | None = Field(

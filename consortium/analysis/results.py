@@ -44,7 +44,7 @@ Vocabulary (one name per concept, in every document and table)
 ``coefficients``       the fixed-effect table: records ``{term, estimate, se, t, p[, df]}``
                        (never ``fixed_effects``).
 ``q`` (feature tables) Benjamini-Hochberg FDR q value; ``p_fwe`` max-statistic FWE p
-                       (Freedman-Lane permutations within sites); ``p_fwe_tail`` the
+                       (Freedman-Lane, scheme in ``permutation``); ``p_fwe_tail`` the
                        same with the generalized Pareto tail approximation.
 ``q``, ``q_p`` (meta)  Cochran's heterogeneity Q and its p value (never ``q_pvalue``);
                        ``tau2``, ``tau2_ci``, ``i2``, ``h2``, ``k`` as in metafor.

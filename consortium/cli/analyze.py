@@ -16,7 +16,7 @@ same ``results.json`` (:mod:`consortium.federated.analysis`). ``--site`` (repeat
 chooses the sites asked (default: every registered site); ``--dx-case`` and
 ``--dx-control`` are the labels of the sites' ``dx`` column.
 
-Permutation inference: ``--permutations N`` (Freedman-Lane within sites, ``--seed``),
+Permutation inference: ``--permutations N`` (Freedman-Lane, ``--seed``),
 ``--nbs-threshold T`` (edges), ``--tfce`` (voxels), ``--tail-approximation`` and
 ``--scheduler ADDRESS`` (a ``dask.distributed`` scheduler; the client is opened here
 by :func:`consortium.analysis.cluster.connect` and passed to the pipeline).
@@ -171,7 +171,8 @@ def _kind_command(kind: str, description: str) -> Any:
         metric: str = typer.Option(None, "--metric", help="Voxel map (voxels only)."),
         permutations: int = typer.Option(
             0, "--permutations", min=0,
-            help="Freedman-Lane permutations within sites (FWE p; NBS, TFCE).",
+            help="Freedman-Lane permutations (FWE p; NBS, TFCE): whole-site sign flips "
+            "with the site slope of Dx and >= 10 sites, else permutations within sites.",
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the permutations."),
         nbs_threshold: float = typer.Option(

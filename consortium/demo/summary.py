@@ -75,6 +75,7 @@ def _corrected(doc: dict[str, Any]) -> dict[str, Any]:
     if perm:
         out["edges_fwe"] = {
             "n_permutations": perm["n_permutations"], "seed": perm["seed"],
+            "scheme": perm["scheme"],
             "n_fwe": doc["edges"]["n_fwe"], "n_edges": doc["edges"]["n_edges"],
         }  # fmt: skip
     if "nbs" in doc:
@@ -95,12 +96,15 @@ def _corrected(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_DRAWS = {"signflip": "whole-site sign flips", "permute": "permutations within sites"}
+
+
 def _corrected_lines(summary: dict[str, Any]) -> list[str]:
     lines = []
     if "edges_fwe" in summary:
         e = summary["edges_fwe"]
         lines.append(
-            f"edges, corrected ({e['n_permutations']} permutations within sites): "
+            f"edges, corrected ({e['n_permutations']} {_DRAWS[e['scheme']]}): "
             f"{e['n_fwe']} of {e['n_edges']} with p_FWE < 0.05"
         )
     if "nbs" in summary:

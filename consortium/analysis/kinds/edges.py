@@ -1,8 +1,8 @@
 """``edges``: the mass-univariate model over every edge.
 
 t and d matrices, Benjamini-Hochberg FDR, network-block summaries and the
-strongest edges. With ``permutations``: Freedman-Lane permutations within sites
-(:mod:`consortium.analysis.inference`) give every edge's FWE p by max-|t|
+strongest edges. With ``permutations``: Freedman-Lane permutations or whole-site
+sign flips (:mod:`consortium.analysis.inference`) give every edge's FWE p by max-|t|
 (``p_fwe``), the blocks' mean t corrected over blocks (``p_fwe`` of
 ``network_blocks.parquet``) and, with ``nbs_threshold``, the NBS components
 (section ``nbs``, ``nbs_components.parquet`` and the ``nbs_components`` figure).

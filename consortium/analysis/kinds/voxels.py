@@ -7,7 +7,7 @@ straight into the mass model), so memory stays at one chunk of voxels.
 
 With ``tfce`` (and ``permutations``): threshold-free cluster enhancement on the
 release's mask (E = 0.5, H = 2, dh = max/100, 26-connectivity, both tails) with
-FWE p per voxel from Freedman-Lane permutations within sites
+FWE p per voxel from Freedman-Lane permutations or whole-site sign flips
 (:func:`consortium.analysis.tfce.tfce_test`), written as ``tfce_map.nii.gz`` and
 ``tfce_p_fwe.nii.gz`` (section ``tfce``). The permutations hold the residuals of
 all mask voxels in memory (subjects x voxels).
