@@ -109,6 +109,7 @@ def dmn_model(
     contrast: str | Contrast = "all",
     random_slope: bool = True,
     level: float = 0.95,
+    n_boot: int = N_BOOT,
 ) -> DmnResult:
     """Fit the REST-meta-MDD model of ``outcome`` for one contrast.
 
@@ -128,6 +129,9 @@ def dmn_model(
     random_slope : bool
         Include the site random slope of Dx (the published model); the LRT compares
         the model with and without it either way.
+    n_boot : int
+        Bootstrap draws of the CI of d; 0 gives the large-sample CI (for fits whose
+        interval is not reported, such as the covariate sensitivity rows).
 
     Returns
     -------
@@ -166,7 +170,9 @@ def dmn_model(
     t = float(fit.tvalues["Dx"])
     d, _, _ = d_from_t(t, n_case, n_control, fit.df_resid)
     d = float(d)
-    low, high, se, ci_method = _d_interval(sample, fixed, site, fit, d, random_slope, level)
+    low, high, se, ci_method = _d_interval(
+        sample, fixed, site, fit, d, random_slope, level, n_boot
+    )
     lrt = 2.0 * (with_slope.llf - without.llf)
     # a zero slope variance gives the same maximum up to the optimiser's stop; below
     # this the statistic is rounding, and the mixture p must not flip between 1 and 0.5
@@ -205,17 +211,19 @@ def _d_interval(
     d: float,
     random_slope: bool,
     level: float,
+    n_boot: int,
 ) -> tuple[float, float, float, str]:
     """CI of d: parametric bootstrap of the fitted model (3+ sites), else large-sample."""
     n_case, n_control = int((sample.Dx > 0).sum()), int((sample.Dx < 0).sum())
-    if fit.n_groups < 3:
+    if fit.n_groups < 3 or n_boot == 0:
         low, high, se = cohens_d_ci(d, n_case, n_control, level)
-        return float(low), float(high), float(se), "large-sample (fewer than 3 sites)"
+        why = "fewer than 3 sites" if fit.n_groups < 3 else "no bootstrap asked"
+        return float(low), float(high), float(se), f"large-sample ({why})"
     slopes = ["Dx"] if random_slope else []
     vc = [fit.variance_components[name] for name in ["Intercept", *slopes]]
     t_boot = bootstrap_t(
         sample, fixed, site, "Dx", slopes, fit.params.to_numpy(), np.array(vc),
-        np.array([fit.scale]), N_BOOT, seed=0,
+        np.array([fit.scale]), n_boot, seed=0,
     )  # fmt: skip
     low, high, se = bootstrap_d_ci(t_boot, n_case, n_control, fit.df_resid, level)
     return float(low[0]), float(high[0]), float(se[0]), "parametric bootstrap"

@@ -39,8 +39,14 @@ def _term(name: str) -> str:
     return "dx" if name == "Dx" else name
 
 
-def fit_dmn(dataset: Dataset, y: np.ndarray, design: Design, contrast: str) -> MixedModelFit:
-    """REST-meta-MDD mixed model on one outcome, checked against the design's counts."""
+def fit_dmn(
+    dataset: Dataset, y: np.ndarray, design: Design, contrast: str, interval: bool = True
+) -> MixedModelFit:
+    """REST-meta-MDD mixed model on one outcome, checked against the design's counts.
+
+    ``interval=False`` skips the bootstrap CI of d (the large-sample CI is recorded),
+    for fits whose interval is not reported.
+    """
     data = dataset.subjects.iloc[design.rows].reset_index(drop=True)
     data = data.assign(y=np.asarray(y, dtype=float))
     result = dmn_model(
@@ -51,6 +57,7 @@ def fit_dmn(dataset: Dataset, y: np.ndarray, design: Design, contrast: str) -> M
         covariates=design.covariates,
         site="site",
         contrast=contrast,
+        **({} if interval else {"n_boot": 0}),
     )
     if (result.n_case, result.n_control) != (design.n_case, design.n_control):
         raise AnalysisError(

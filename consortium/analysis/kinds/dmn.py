@@ -178,7 +178,8 @@ def sensitivity(data: ReleaseData, params: AnalysisParams) -> CovariateSensitivi
     def fit(covariates: tuple[str, ...]):
         part = ReleaseData(data.dataset, design_with_covariates(data.design, covariates), data.out)
         y = summaries_of(part, params.atlas, params.harmonize, params.ref_site)[OUTCOME]
-        return effect_of_model(fit_dmn(data.dataset, y.to_numpy(), part.design, params.contrast))
+        fitted = fit_dmn(data.dataset, y.to_numpy(), part.design, params.contrast, interval=False)
+        return effect_of_model(fitted)
 
     return covariate_sensitivity(
         fit, data.design.covariates, outcome="mean DMN FC", harmonizer=params.harmonize

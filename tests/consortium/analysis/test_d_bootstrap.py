@@ -103,3 +103,14 @@ def test_dmn_model_reports_the_bootstrap_interval():
     assert res.d_ci == pytest.approx((low[0], high[0]), rel=1e-10)
     assert res.d_se == pytest.approx(se[0], rel=1e-10)
     assert res.d_ci[0] < res.d < res.d_ci[1]
+
+
+def test_no_bootstrap_asked_gives_the_large_sample_interval():
+    data = _data(6, 0.1)
+    res = dmn_model(
+        data.assign(dx=np.where(data.Dx > 0, "MDD", "HC")), "y", "MDD", "HC",
+        covariates=["age"], site="site", n_boot=0,
+    )  # fmt: skip
+    assert res.d_ci_method == "large-sample (no bootstrap asked)"
+    low, high, _ = cohens_d_ci(res.d, res.n_case, res.n_control)
+    assert res.d_ci == pytest.approx((low, high))
