@@ -40,25 +40,15 @@ import time
 
 import numpy as np
 import pandas as pd
+from restmeta_design import design
 from scipy import stats
 
 from consortium.analysis.d_bootstrap import bootstrap_d_ci, bootstrap_t
 from consortium.analysis.effects import d_from_t, jackknife_d_ci, leave_one_site_out_d
 from consortium.analysis.mass import mass_mixed_model
-from consortium.simulate import ConsortiumSimulator
 
 FIXED = ["Dx", "age", "sex", "edu", "motion"]
 SITE_SD = 0.3
-
-
-def design(seed: int) -> pd.DataFrame:
-    """The simulated REST-meta-MDD subjects: Dx +1/-1, sex 1/2, site codes 0..16."""
-    d = ConsortiumSimulator(seed=seed).simulate_design()
-    return pd.DataFrame({
-        "Dx": np.where(d["dx"] == "MDD", 1.0, -1.0), "age": d["age"].astype(float),
-        "sex": np.where(d["sex"] == "M", 1.0, 2.0), "edu": d["education_years"].astype(float),
-        "motion": d["mean_fd"].astype(float), "site": pd.factorize(d["site_id"], sort=True)[0],
-    })  # fmt: skip
 
 
 def d_per_unit_beta(data: pd.DataFrame, slope_sd: float) -> float:
@@ -113,8 +103,8 @@ def run(
     for name, low, high in (
         ("old (Hedges-Olkin, n1 and n2)", low_old, high_old),
         ("jackknife (leave-one-site-out)", low_new, high_new),
-        ("bootstrap, t_{G-1} (dmn_model)", low_b, high_b),
-        ("bootstrap percentile", low_p, high_p),
+        ("bootstrap percentile (dmn_model)", low_p, high_p),
+        ("bootstrap normal, t_{G-1}", low_b, high_b),
     ):
         covered = (low < d_true) & (d_true < high)
         print(coverage_line(name, covered, high - low), flush=True)

@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from restmeta_design import design
 from scipy import ndimage, stats
 
 from consortium.analysis.inference import permutation_scheme
@@ -43,7 +44,6 @@ from consortium.analysis.mass import mass_mixed_model
 from consortium.analysis.nbs import NbsNull, nbs_components
 from consortium.analysis.permutation import permutation_test
 from consortium.analysis.tfce import tfce_test
-from consortium.simulate import ConsortiumSimulator
 
 FIXED = ["Dx", "age", "sex", "edu", "motion"]
 METHODS = (
@@ -53,16 +53,6 @@ METHODS = (
     "TFCE (--scheme)",
     "naive: OLS ignoring sites, free permutation, max-|t|",
 )
-
-
-def design(seed: int) -> pd.DataFrame:
-    """The simulated REST-meta-MDD subjects: Dx +1/-1, sex 1/2, site codes 0..16."""
-    d = ConsortiumSimulator(seed=seed).simulate_design()
-    return pd.DataFrame({
-        "Dx": np.where(d["dx"] == "MDD", 1.0, -1.0), "age": d["age"].astype(float),
-        "sex": np.where(d["sex"] == "M", 1.0, 2.0), "edu": d["education_years"].astype(float),
-        "motion": d["mean_fd"].astype(float), "site": pd.factorize(d["site_id"], sort=True)[0],
-    })  # fmt: skip
 
 
 def _nuisance(data: pd.DataFrame) -> np.ndarray:

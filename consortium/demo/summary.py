@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from consortium.report.labels import SCHEME_DRAWS
+
 if TYPE_CHECKING:
     from consortium.simulate import ConsortiumSimulator
 
@@ -96,15 +98,12 @@ def _corrected(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_DRAWS = {"signflip": "whole-site sign flips", "permute": "permutations within sites"}
-
-
 def _corrected_lines(summary: dict[str, Any]) -> list[str]:
     lines = []
     if "edges_fwe" in summary:
         e = summary["edges_fwe"]
         lines.append(
-            f"edges, corrected ({e['n_permutations']} {_DRAWS[e['scheme']]}): "
+            f"edges, corrected ({e['n_permutations']} {SCHEME_DRAWS[e['scheme']]}): "
             f"{e['n_fwe']} of {e['n_edges']} with p_FWE < 0.05"
         )
     if "nbs" in summary:

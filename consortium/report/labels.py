@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Column", "harmonization_text", "scheme_text"]
+__all__ = ["SCHEME_DRAWS", "Column", "harmonization_text", "scheme_text"]
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,16 @@ SITES_EXCLUDED = (
     Column("reason", "Why excluded", format="text"),
 )
 
-STRONGEST_EDGES = (
+_EDGE_REGIONS_AND_T = (
     Column("roi_a", "Region A", "ROI label of the release's atlas", format="text"),
     Column("network_a", "Network A", format="text"),
     Column("roi_b", "Region B", "ROI label of the release's atlas", format="text"),
     Column("network_b", "Network B", format="text"),
     Column("t", "t", "t statistic of diagnosis in the edge's mixed model"),
+)
+
+STRONGEST_EDGES = (
+    *_EDGE_REGIONS_AND_T,
     Column("d", "Effect size d", "d: Cohen's d from t, d = t (n1 + n2) / (√df √(n1 n2))"),
     Column("q", "FDR-adjusted p", "q: Benjamini-Hochberg false discovery rate over all "
            "edges", format="p"),
@@ -114,13 +118,7 @@ NBS_COMPONENTS = (
     Column("networks", "Networks involved", format="text"),
 )
 
-NBS_EDGES = (
-    Column("roi_a", "Region A", "ROI label of the release's atlas", format="text"),
-    Column("network_a", "Network A", format="text"),
-    Column("roi_b", "Region B", "ROI label of the release's atlas", format="text"),
-    Column("network_b", "Network B", format="text"),
-    Column("t", "t", "t statistic of diagnosis in the edge's mixed model"),
-)
+NBS_EDGES = _EDGE_REGIONS_AND_T
 
 NETWORK_EFFECTS = (
     Column("net_a", "Network A", format="text"),
@@ -161,6 +159,9 @@ def harmonization_text(name: str | None) -> str:
         description = _HARMONIZATION_WORDS.get(name, f"harmonizer {name!r}")
     return f"{description} ({name})"
 
+
+#: Short names of the permutation schemes (``results.json``, ``permutation.scheme``).
+SCHEME_DRAWS = {"signflip": "whole-site sign flips", "permute": "permutations within sites"}
 
 _SCHEME_WORDS = {
     "signflip": "sign flips of whole sites (the model's residuals), which keep the "

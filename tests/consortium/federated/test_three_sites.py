@@ -144,7 +144,7 @@ def test_retry_is_idempotent_and_silent_site_is_named(world):
         r = http.post(f"/federated/tasks/{message['task_id']}/result", json=forged)
         assert r.status_code == 409, r.text
     # a site without an agent never answers: named, with "wait" an error, with "proceed" listed
-    proc, _ = world["agents"]["SITE_B"]
+    proc = world["agents"]["SITE_B"]
     proc.send_signal(signal.SIGSTOP)
     try:
         from consortium.federated.orchestrator import FederatedIncomplete

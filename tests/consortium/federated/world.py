@@ -24,6 +24,25 @@ from tests.helpers.server import Server
 ATLAS = "dosenbach160"
 
 
+def start_agent(config: Path, log_path: Path) -> subprocess.Popen:
+    """A federated site agent as its own process, output to ``log_path``."""
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(
+            [sys.executable, "-m", "sites.federated.cli", "--config", str(config)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def stop_agent(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 15 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(15)
+
+
 def _agent_toml(site: str, url: str, bundle, key, token_file, state, allow: str) -> str:
     return (
         f'site_id = "{site}"\n[coordinator]\nurl = "{url}"\ntoken_file = "{token_file}"\n'
@@ -55,22 +74,11 @@ def federated_world(tmp: Path, policies: Mapping[str, str]) -> Iterator[dict[str
             cfg = tmp / f"{site}-agent.toml"
             cfg.write_text(_agent_toml(site, server.url, bundles[site], private, token_file,
                                        tmp / f"{site}-state", allow))  # fmt: skip
-            log = open(tmp / f"{site}-agent.log", "wb")  # noqa: SIM115 (closed below)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "sites.federated.cli", "--config", str(cfg)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-            agents[site] = (proc, log)
+            agents[site] = start_agent(cfg, tmp / f"{site}-agent.log")
         yield {"coord": coord, "server": server, "bundles": bundles, "tmp": tmp,
                "agents": agents}  # fmt: skip
     finally:
-        for proc, log in agents.values():
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(15)
-            log.close()
+        for proc in agents.values():
+            stop_agent(proc)
         server.kill(signal.SIGTERM)
         coord.close()

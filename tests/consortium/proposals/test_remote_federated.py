@@ -8,13 +8,11 @@ minimum cell size is not met refuses, and the refusal names the rule.
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
 
 import pytest
 
-from tests.consortium.federated.world import _agent_toml
+from tests.consortium.federated.world import _agent_toml, start_agent, stop_agent
 from tests.consortium.proposals.test_meta_and_exports import GRANTED, _active_proposal
 from tests.consortium.proposals.test_meta_and_exports import world as _world  # noqa: F401
 
@@ -30,20 +28,7 @@ def _start_agent(world, site: str, min_cell: int) -> subprocess.Popen:
     text = text.replace("min_cell = 5", f"min_cell = {min_cell}")
     cfg = tmp / f"{site}-agent-{min_cell}.toml"
     cfg.write_text(text)
-    with open(tmp / f"{site}-agent-{min_cell}.log", "wb") as log:  # the child keeps its copy
-        return subprocess.Popen(
-            [sys.executable, "-m", "sites.federated.cli", "--config", str(cfg)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(15)
+    return start_agent(cfg, tmp / f"{site}-agent-{min_cell}.log")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +36,7 @@ def agents(world):
     procs = {site: _start_agent(world, site, 5) for site in GRANTED}
     yield procs
     for proc in procs.values():
-        _stop(proc)
+        stop_agent(proc)
 
 
 def _coefficients(result: dict) -> dict:
